@@ -1,0 +1,164 @@
+"""The `fsm-cleaner` command: run, status, diagrams, healthcheck."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from datetime import datetime, timezone
+
+from . import config
+from .config import SETTINGS, ConfigError
+
+log = logging.getLogger("fsm_cleaner")
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fsm-cleaner",
+        description="Frees node disk by pruning Docker containers and images, with the node cordoned "
+        "while it works. Every setting is also read from FSM_CLEANER_<NAME> and the old "
+        "DOCKER_IMAGE_CLEANER_<NAME> variables; a flag wins over both, the new name over the old.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the cleaning loop")
+    run.add_argument("--once", action="store_true", help="one cycle; exit 0 if it succeeded, 1 if not")
+    run.add_argument("--dry-run", action="store_true", default=None,
+                     help="measure and report what would be removed; never cordon nor remove")
+    for s in SETTINGS:
+        if s.name != "DRY_RUN":
+            run.add_argument("--" + s.name.lower().replace("_", "-"), dest=s.name, metavar="VALUE",
+                             help=f"{s.help} (env {' or '.join(s.env_names)}; default {s.default})")
+    status = sub.add_parser("status", help="print the node's journal")
+    status.add_argument("--node-name", dest="NODE_NAME", metavar="NODE")
+    status.add_argument("--diagram", metavar="FILE",
+                        help="also render the machine with the current state highlighted")
+    diagrams = sub.add_parser("diagrams", help="render state_diagrams/ (SVG, PNG, Mermaid, RUNBOOK.md)")
+    diagrams.add_argument("--out", default="state_diagrams", help="output folder (default: %(default)s)")
+    sub.add_parser("healthcheck", help="exit 0 while the loop's heartbeat is fresh (liveness probe)")
+    return p
+
+
+def _logging(level: str) -> None:
+    logging.Formatter.converter = time.gmtime
+    logging.basicConfig(stream=sys.stderr, level=level,
+                        format="%(asctime)s.%(msecs)03dZ %(levelname)-7s %(message)s",
+                        datefmt="%Y-%m-%dT%H:%M:%S")
+    for noisy in ("urllib3", "docker", "kubernetes", "transitions"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _kube(node_name: str | None, namespace: str = "default"):  # -> Kube | None
+    if node_name is None:
+        return None
+    from kubernetes.config import ConfigException
+
+    from .kube import Kube, connect
+    try:
+        api = connect()
+    except (ConfigException, OSError) as e:
+        raise ConfigError(
+            f"NODE_NAME={node_name!r} is set but no Kubernetes credentials were found ({e}); "
+            "accepted: run in a pod with a service account, or set KUBECONFIG"
+        ) from None
+    return Kube(api, node_name, namespace)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    overrides = {s.name: getattr(args, s.name, None) for s in SETTINGS}
+    overrides["DRY_RUN"] = "true" if args.dry_run else None
+    cfg = config.load(**overrides)
+    _logging(cfg.log_level)
+    kube = _kube(cfg.node_name, cfg.events_namespace)
+    from .agent import Agent
+    from .docker_runtime import Docker
+
+    agent = Agent(cfg, Docker.from_env(cfg.timeout_seconds), kube)
+    agent.install_signal_handlers()
+    log.info("fsm-cleaner starting: node %s, path %s, %s threshold high %s low %s, interval %g s%s",
+             cfg.node_name or "(none: no cluster)", cfg.path_to_check, cfg.threshold_type,
+             cfg.threshold_high, cfg.threshold_low, cfg.interval_seconds, ", DRY RUN" if cfg.dry_run else "")
+    return agent.run(once=args.once)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    kube = _kube(config.raw("NODE_NAME", NODE_NAME=args.NODE_NAME) or None)
+    if kube is None:
+        raise ConfigError("NODE_NAME is not set; accepted: --node-name NODE or FSM_CLEANER_NODE_NAME")
+    from .journal import ANNOTATION, LEGACY_ANNOTATION, JournalError
+
+    node = kube.read()
+    print(f"node:         {node.name}")
+    print(f"schedulable:  {'no (cordoned)' if node.unschedulable else 'yes'}")
+    state = None
+    try:
+        entry = node.journal()
+    except JournalError as e:
+        print(f"journal:      UNREADABLE — {e}")
+    else:
+        if entry is None:
+            print(f"journal:      none (no {ANNOTATION} annotation: fsm-cleaner never cleaned this node)")
+        else:
+            state = entry.state
+            print(f"state:        {entry.state} since {entry.since}{_ago(entry.since)}, "
+                  f"written by {entry.holder}")
+            print(f"cordoned by fsm-cleaner: {'yes' if entry.cordoned_by_us else 'no'}; "
+                  f"unschedulable before the cycle: {'yes' if entry.was_unschedulable else 'no'}")
+    if LEGACY_ANNOTATION in node.annotations:
+        print(f"legacy:       {LEGACY_ANNOTATION} present (docker-image-cleaner cordoned it; "
+              "fsm-cleaner removes it on start)")
+    if args.diagram:
+        from .diagrams import render_highlighted
+
+        render_highlighted(state, args.diagram)
+        print(f"diagram:      {args.diagram}")
+    return 0
+
+
+def _ago(since: str) -> str:
+    try:
+        then = datetime.fromisoformat(since.replace("Z", "+00:00"))
+    except ValueError:
+        return ""
+    return f" ({int((datetime.now(timezone.utc) - then).total_seconds())} s ago)"
+
+
+def cmd_healthcheck(_: argparse.Namespace) -> int:
+    cfg = config.load()
+    try:
+        age = time.time() - os.stat(cfg.heartbeat_file).st_mtime
+    except OSError as e:
+        print(f"unhealthy: no heartbeat at {cfg.heartbeat_file} ({e.strerror})", file=sys.stderr)
+        return 1
+    if age > cfg.heartbeat_max_age_seconds:
+        print(f"unhealthy: heartbeat {age:.0f} s old (limit {cfg.heartbeat_max_age_seconds:g} s)",
+              file=sys.stderr)
+        return 1
+    print(f"healthy: heartbeat {age:.0f} s old")
+    return 0
+
+
+def cmd_diagrams(args: argparse.Namespace) -> int:
+    from .diagrams import render_all
+
+    for path in render_all(args.out):
+        print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command = {"run": cmd_run, "status": cmd_status, "healthcheck": cmd_healthcheck,
+               "diagrams": cmd_diagrams}[args.command]
+    try:
+        return command(args)
+    except ConfigError as e:
+        print(f"fsm-cleaner: configuration error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

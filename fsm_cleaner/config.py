@@ -1,0 +1,196 @@
+"""Settings from the environment (the old cleaner's names too) and the command line.
+
+Precedence, highest first: command-line flag, ``FSM_CLEANER_<NAME>``, ``DOCKER_IMAGE_CLEANER_<NAME>``,
+default. Every value is validated before the agent touches Docker or the node: a bad one raises
+``ConfigError`` whose message names the variable, the value and what would be accepted.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+NEW_PREFIX = "FSM_CLEANER_"
+OLD_PREFIX = "DOCKER_IMAGE_CLEANER_"
+
+
+class ConfigError(ValueError):
+    """A setting the agent cannot run with (exit code 2)."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str  # the suffix after the prefix, e.g. "THRESHOLD_HIGH"
+    default: str | None
+    help: str
+    legacy: bool  # also read as DOCKER_IMAGE_CLEANER_<name>
+
+    @property
+    def env_names(self) -> tuple[str, ...]:
+        names = (NEW_PREFIX + self.name,)
+        return names + (OLD_PREFIX + self.name,) if self.legacy else names
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("NODE_NAME", None, "node to cordon and journal on; unset: no cluster", True),
+    Setting("PATH_TO_CHECK", "/var/lib/docker", "path whose filesystem is measured", True),
+    Setting("INTERVAL_SECONDS", "300", "seconds between measurements", True),
+    Setting("DELAY_SECONDS", "1", "pause between two image removals", True),
+    Setting("THRESHOLD_TYPE", "relative", "relative (percent of blocks/inodes) or absolute (bytes)", True),
+    Setting("THRESHOLD_HIGH", "80", "start a cycle above this (percent, or bytes in absolute mode)", True),
+    Setting("THRESHOLD_LOW", None, "stop removing at or below this; unset: the old tool's behaviour", True),
+    Setting("TIMEOUT_SECONDS", "300", "Docker API timeout per call", True),
+    Setting("RETRY_ATTEMPTS", "5", "attempts per step before it is given up", False),
+    Setting("RETRY_MAX_WAIT_SECONDS", "30", "longest backoff between two attempts", False),
+    Setting("RETRY_TOTAL_SECONDS", "120", "time cap for one step's attempts", False),
+    Setting("UNCORDON_RETRY_SECONDS", "600", "time cap for the uncordon's attempts while running", False),
+    Setting("STOP_TIMEOUT_SECONDS", "25", "bound on a graceful stop (SIGTERM) including uncordon", False),
+    Setting("HEARTBEAT_FILE", "/tmp/fsm-cleaner/heartbeat", "file the loop touches (liveness)", False),
+    Setting("HEARTBEAT_MAX_AGE_SECONDS", "900", "healthcheck fails when the heartbeat is older", False),
+    Setting("EVENTS_NAMESPACE", "default", "namespace of the Events emitted for the node", False),
+    Setting("DRY_RUN", "false", "measure and report, never cordon nor remove", False),
+    Setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR", False),
+)
+BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Config:
+    node_name: str | None
+    path_to_check: str
+    interval_seconds: float
+    delay_seconds: float
+    threshold_type: str
+    threshold_high: float
+    threshold_low: float | None
+    timeout_seconds: float
+    retry_attempts: int
+    retry_max_wait_seconds: float
+    retry_total_seconds: float
+    uncordon_retry_seconds: float
+    stop_timeout_seconds: float
+    heartbeat_file: str
+    heartbeat_max_age_seconds: float
+    events_namespace: str
+    dry_run: bool
+    log_level: str
+
+    @property
+    def unit(self) -> str:
+        return "%" if self.threshold_type == "relative" else "bytes"
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?)?B?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+          "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+def _number(var: str, raw: str, *, minimum: float = 0, integer: bool = False) -> float:
+    kind = "a whole number" if integer else "a number"
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        raise ConfigError(f"{var}={raw!r} is not {kind}; accepted: {kind} >= {minimum:g}") from None
+    if not math.isfinite(value) or value < minimum:
+        raise ConfigError(f"{var}={raw!r} is out of range; accepted: {kind} >= {minimum:g}")
+    return value
+
+
+def _threshold(var: str, raw: str, kind: str) -> float:
+    if kind == "relative":
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if not 0 <= value <= 100:
+            raise ConfigError(f"{var}={raw!r} is not a percentage; accepted: a number from 0 to 100 "
+                              "(or set THRESHOLD_TYPE=absolute for a size in bytes)")
+        return value
+    match = _SIZE.match(raw)
+    if not match:
+        raise ConfigError(
+            f"{var}={raw!r} is not a size in bytes; accepted: a number of bytes, optionally with a "
+            "unit K, M, G, T (powers of 1000) or Ki, Mi, Gi, Ti (powers of 1024), e.g. 50Gi"
+        )
+    return float(match[1]) * _UNITS[(match[2] or "").lower()]
+
+
+def _bool(var: str, raw: str) -> bool:
+    low = raw.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{var}={raw!r} is not a boolean; accepted: true or false (also 1/0, yes/no)")
+
+
+def _choice(var: str, raw: str, choices: tuple[str, ...]) -> str:
+    value = raw.strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{var}={raw!r} is not accepted; accepted: {', '.join(choices)}")
+    return value
+
+
+def _lookup(name: str, env: Mapping[str, str], overrides: Mapping[str, Any]) -> tuple[str, str | None]:
+    """Return (where it came from, raw value) for a setting, by precedence."""
+    if overrides.get(name) is not None:
+        return "--" + name.lower().replace("_", "-"), str(overrides[name])
+    for var in BY_NAME[name].env_names:
+        if env.get(var, "") != "":
+            return var, env[var]
+    return f"the default {name}", BY_NAME[name].default
+
+
+def raw(name: str, env: Mapping[str, str] | None = None, **overrides: Any) -> str | None:
+    """One setting's unvalidated value, by precedence (for commands that need only that one)."""
+    return _lookup(name, os.environ if env is None else env, overrides)[1]
+
+
+def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+    """Read and validate every setting; ``overrides`` are command-line values by setting name."""
+    env = os.environ if env is None else env
+
+    def get(name: str, parse: Callable[[str, str], Any] | None = None) -> Any:
+        var, raw = _lookup(name, env, overrides)
+        if raw is None or parse is None:
+            return raw
+        return parse(var, raw)
+
+    kind = get("THRESHOLD_TYPE", lambda v, r: _choice(v, r, ("relative", "absolute")))
+    high = get("THRESHOLD_HIGH", lambda v, r: _threshold(v, r, kind))
+    low = get("THRESHOLD_LOW", lambda v, r: _threshold(v, r, kind))
+    if low is not None and low > high:
+        var_low, raw_low = _lookup("THRESHOLD_LOW", env, overrides)
+        var_high, raw_high = _lookup("THRESHOLD_HIGH", env, overrides)
+        raise ConfigError(
+            f"{var_low}={raw_low!r} is above {var_high}={raw_high!r}; accepted: a low threshold at or "
+            "below the high one"
+        )
+    path_var, path = _lookup("PATH_TO_CHECK", env, overrides)
+    if not os.path.isdir(path or ""):
+        raise ConfigError(f"{path_var}={path!r} does not exist; accepted: an existing directory")
+    node = get("NODE_NAME")
+    return Config(
+        node_name=node.strip() if node and node.strip() else None,
+        path_to_check=path,
+        interval_seconds=get("INTERVAL_SECONDS", lambda v, r: _number(v, r, minimum=1)),
+        delay_seconds=get("DELAY_SECONDS", _number),
+        threshold_type=kind,
+        threshold_high=high,
+        threshold_low=low,
+        timeout_seconds=get("TIMEOUT_SECONDS", lambda v, r: _number(v, r, minimum=1)),
+        retry_attempts=get("RETRY_ATTEMPTS", lambda v, r: _number(v, r, minimum=1, integer=True)),
+        retry_max_wait_seconds=get("RETRY_MAX_WAIT_SECONDS", _number),
+        retry_total_seconds=get("RETRY_TOTAL_SECONDS", _number),
+        uncordon_retry_seconds=get("UNCORDON_RETRY_SECONDS", _number),
+        stop_timeout_seconds=get("STOP_TIMEOUT_SECONDS", lambda v, r: _number(v, r, minimum=1)),
+        heartbeat_file=get("HEARTBEAT_FILE"),
+        heartbeat_max_age_seconds=get("HEARTBEAT_MAX_AGE_SECONDS", lambda v, r: _number(v, r, minimum=1)),
+        events_namespace=get("EVENTS_NAMESPACE"),
+        dry_run=get("DRY_RUN", _bool),
+        log_level=get("LOG_LEVEL", lambda v, r: _choice(v, r, ("debug", "info", "warning", "error"))).upper(),
+    )

@@ -1,0 +1,92 @@
+"""Port to the Docker Engine (docker SDK, low-level API: one call per listing)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import docker
+import docker.errors
+
+from .plan import Image
+
+_STOPPED = {"status": ["exited", "created", "dead"]}
+
+
+@dataclass(frozen=True)
+class Removed:
+    count: int = 0
+    bytes: int = 0  # as Docker reports it (SpaceReclaimed, or image sizes in a dry run)
+
+
+class Docker:
+    def __init__(self, connect: Callable[[], docker.APIClient]):
+        self._connect = connect
+        self._api: docker.APIClient | None = None
+
+    @classmethod
+    def from_env(cls, timeout: float) -> Docker:
+        """DOCKER_HOST, DOCKER_TLS_VERIFY and DOCKER_CERT_PATH, as the docker CLI reads them."""
+        return cls(lambda: docker.from_env(timeout=int(timeout)).api)
+
+    @property
+    def api(self) -> docker.APIClient:
+        # Connected on first use, inside a step's retries: a daemon that is down at start-up (or
+        # restarting) fails that step, not the process.
+        if self._api is None:
+            self._api = self._connect()
+        return self._api
+
+    def stopped_containers(self) -> Removed:
+        found = self.api.containers(all=True, filters=_STOPPED, size=True)
+        return Removed(len(found), sum(c.get("SizeRw") or 0 for c in found))
+
+    def prune_containers(self) -> Removed:
+        result = self.api.prune_containers()
+        return Removed(len(result.get("ContainersDeleted") or []), result.get("SpaceReclaimed") or 0)
+
+    def dangling_images(self) -> list[Image]:
+        return self._images(self.api.images(filters={"dangling": True}))
+
+    def prune_dangling(self) -> Removed:
+        before = {i.id for i in self.dangling_images()}
+        result = self.api.prune_images(filters={"dangling": True})
+        deleted = {d["Deleted"] for d in result.get("ImagesDeleted") or [] if "Deleted" in d}
+        return Removed(len(before & deleted), result.get("SpaceReclaimed") or 0)
+
+    def images(self) -> list[Image]:
+        return self._images(self.api.images())
+
+    def images_in_use(self) -> set[str]:
+        """Image ids of every container, running or stopped."""
+        return {c["ImageID"] for c in self.api.containers(all=True)}
+
+    def remove_image(self, image: Image) -> str | None:
+        """Remove one image without force; returns why it was kept, or None when it is gone.
+
+        An image with several tags cannot be removed by id without force, so its tags are removed one
+        by one: dropping the last tag deletes the image.
+        """
+        try:
+            for ref in image.tags[:-1]:
+                self.api.remove_image(ref)
+            self.api.remove_image(image.tags[-1] if image.tags else image.id)
+        except docker.errors.NotFound:
+            return None  # someone else removed it meanwhile: it is gone either way
+        except docker.errors.APIError as e:
+            if e.status_code == 409:  # in use, or a parent of another image: never forced
+                return str(e.explanation or e)
+            raise
+        return None
+
+    @staticmethod
+    def _images(rows: list[dict]) -> list[Image]:
+        return [
+            Image(
+                id=r["Id"],
+                created=int(r.get("Created") or 0),
+                size=int(r.get("Size") or 0),
+                tags=tuple(t for t in r.get("RepoTags") or () if t != "<none>:<none>"),
+            )
+            for r in rows
+        ]

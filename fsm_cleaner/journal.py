@@ -1,0 +1,138 @@
+"""The node annotation that journals what the agent is doing, and the decisions made from it.
+
+Everything here is pure: it turns a plain view of the node into the patch to write. The Kubernetes
+port applies the patch with a resourceVersion precondition, so a decision made on a stale view fails
+with 409 and is made again on a fresh read.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+ANNOTATION = "fsm-cleaner/state"
+LEGACY_ANNOTATION = "hub.jupyter.org/image-cleaner-cordoned"  # docker-image-cleaner's marker
+RESTING_STATES = frozenset({"Idle", "Measuring"})  # a journal in these holds nothing to undo
+
+
+class JournalError(ValueError):
+    """The annotation holds something this agent cannot read."""
+
+
+@dataclass(frozen=True)
+class Journal:
+    state: str
+    cordoned_by_us: bool
+    was_unschedulable: bool
+    since: str  # RFC 3339, UTC
+    holder: str = ""  # the pod (hostname) that wrote it, for the on-call engineer
+
+    def encode(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def in_progress(self) -> bool:
+        return self.state not in RESTING_STATES
+
+
+def decode(raw: str) -> Journal:
+    try:
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise TypeError("not a JSON object")
+        journal = Journal(
+            state=data["state"],
+            cordoned_by_us=data["cordoned_by_us"],
+            was_unschedulable=data["was_unschedulable"],
+            since=data["since"],
+            holder=data.get("holder", ""),
+        )
+    except (ValueError, TypeError, KeyError) as e:
+        raise JournalError(f"unreadable {ANNOTATION} annotation {raw!r}: {e}") from None
+    if not (isinstance(journal.state, str) and isinstance(journal.cordoned_by_us, bool)
+            and isinstance(journal.was_unschedulable, bool)):
+        raise JournalError(f"unreadable {ANNOTATION} annotation {raw!r}: wrong field types")
+    return journal
+
+
+def now_rfc3339() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """What the decisions need to know of a node."""
+
+    name: str
+    resource_version: str
+    unschedulable: bool
+    annotations: dict[str, str] = field(default_factory=dict)
+
+    def journal(self) -> Journal | None:
+        """The journal, None when absent; raises JournalError when unreadable."""
+        raw = self.annotations.get(ANNOTATION)
+        return None if raw is None else decode(raw)
+
+
+@dataclass(frozen=True)
+class Patch:
+    """One write to the node: ``unschedulable`` None leaves spec alone; an annotation value None deletes."""
+
+    annotations: dict[str, str | None]
+    unschedulable: bool | None = None
+    why: str = ""
+
+
+def cordon(node: NodeView, holder: str, since: str) -> Patch:
+    """Enter Cordoning: cordon unless someone else already did, and journal whose cordon it is."""
+    ours = not node.unschedulable
+    entry = Journal("Cordoning", cordoned_by_us=ours, was_unschedulable=node.unschedulable,
+                    since=since, holder=holder)
+    return Patch({ANNOTATION: entry.encode()}, unschedulable=True if ours else None,
+                 why="cordon" if ours else "node already unschedulable: left as it is")
+
+
+def advance(node: NodeView, state: str, holder: str, since: str) -> Patch:
+    """Journal the next step of a cycle, keeping who owns the cordon."""
+    try:
+        current = node.journal()
+    except JournalError:
+        current = None
+    ours = bool(current and current.cordoned_by_us)
+    was = current.was_unschedulable if current else node.unschedulable
+    entry = Journal(state, cordoned_by_us=ours, was_unschedulable=was, since=since, holder=holder)
+    return Patch({ANNOTATION: entry.encode()}, why=f"journal {state}")
+
+
+def release(node: NodeView, holder: str, since: str) -> Patch | None:
+    """Hand the node back as it was before the cycle; None when there is nothing to write.
+
+    Used both at the end of a cycle and on startup to clean up after a process that died mid-cycle
+    (or after docker-image-cleaner, whose annotation means it cordoned the node).
+    """
+    try:
+        journal = node.journal()
+    except JournalError:
+        return None  # do not guess: the caller logs the raw value and leaves the node alone
+    annotations: dict[str, str | None] = {}
+    uncordon = False
+    reasons = []
+    if LEGACY_ANNOTATION in node.annotations:
+        annotations[LEGACY_ANNOTATION] = None
+        uncordon = node.unschedulable
+        reasons.append("docker-image-cleaner's cordon" + (" undone" if uncordon else " already undone"))
+    if journal is not None and journal.in_progress:
+        annotations[ANNOTATION] = ""  # filled in below, once the uncordon is decided
+        if journal.cordoned_by_us and not journal.was_unschedulable:
+            uncordon = uncordon or node.unschedulable
+            reasons.append(f"our cordon from {journal.state}"
+                           + (" undone" if node.unschedulable else " already undone by someone"))
+        else:
+            reasons.append(f"cycle in {journal.state} ended; the node was unschedulable before it: left so")
+    if not annotations:
+        return None
+    if ANNOTATION in annotations:
+        annotations[ANNOTATION] = Journal("Idle", cordoned_by_us=False, since=since, holder=holder,
+                                          was_unschedulable=node.unschedulable and not uncordon).encode()
+    return Patch(annotations, unschedulable=False if uncordon else None, why="; ".join(reasons))

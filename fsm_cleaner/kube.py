@@ -1,0 +1,91 @@
+"""Port to the Kubernetes API: read the node, write a journal patch, emit an Event.
+
+Three API calls, and the RBAC in deploy/ grants exactly these: nodes get, nodes patch, events create.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from .journal import NodeView, Patch, now_rfc3339
+
+log = logging.getLogger("fsm_cleaner")
+
+# (connect, read) seconds: one stuck request must not eat the stop bound.
+REQUEST_TIMEOUT = (5, 15)
+
+
+class NodeGone(RuntimeError):
+    """The node does not exist (404): nothing to cordon or journal on."""
+
+
+def connect() -> client.CoreV1Api:
+    """In-cluster credentials, else KUBECONFIG / ~/.kube/config."""
+    try:
+        config.load_incluster_config()
+        configuration = client.Configuration.get_default_copy()
+    except config.ConfigException:
+        configuration = client.Configuration()
+        config.load_kube_config(client_configuration=configuration)
+    configuration.retries = 0  # urllib3 would retry GETs on its own; tenacity decides instead
+    return client.CoreV1Api(client.ApiClient(configuration))
+
+
+class Kube:
+    def __init__(self, api: client.CoreV1Api, node_name: str, events_namespace: str = "default"):
+        self.api = api
+        self.node_name = node_name
+        self.events_namespace = events_namespace
+
+    def read(self, timeout: Any = REQUEST_TIMEOUT) -> NodeView:
+        try:
+            node = self.api.read_node(self.node_name, _request_timeout=timeout)
+        except ApiException as e:
+            if e.status == 404:
+                raise NodeGone(f"node {self.node_name!r} not found") from None
+            raise
+        return NodeView(
+            name=self.node_name,
+            resource_version=node.metadata.resource_version,
+            unschedulable=bool(node.spec and node.spec.unschedulable),
+            annotations=dict(node.metadata.annotations or {}),
+        )
+
+    def write(self, seen: NodeView, patch: Patch, timeout: Any = REQUEST_TIMEOUT) -> None:
+        """One merge patch, made conditional on the resourceVersion that the decision was based on."""
+        body: dict[str, Any] = {
+            "metadata": {"resourceVersion": seen.resource_version, "annotations": patch.annotations}
+        }
+        if patch.unschedulable is not None:
+            body["spec"] = {"unschedulable": patch.unschedulable}
+        try:
+            self.api.patch_node(self.node_name, body, _request_timeout=timeout,
+                                _content_type="application/merge-patch+json")
+        except ApiException as e:
+            if e.status == 404:
+                raise NodeGone(f"node {self.node_name!r} not found") from None
+            raise
+
+    def event(self, reason: str, message: str, warning: bool = False) -> None:
+        """Best effort: an Event on the node (kubectl describe node shows it); never fails a step."""
+        now = now_rfc3339()
+        body = {
+            "metadata": {"generateName": f"{self.node_name}.fsm-cleaner."},
+            "involvedObject": {"kind": "Node", "name": self.node_name, "uid": self.node_name,
+                               "apiVersion": "v1"},
+            "reason": reason,
+            "message": message[:1024],
+            "type": "Warning" if warning else "Normal",
+            "source": {"component": "fsm-cleaner", "host": self.node_name},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            self.api.create_namespaced_event(self.events_namespace, body, _request_timeout=(2, 5))
+        except Exception as e:  # events are advisory: a cycle never fails over one
+            log.debug("could not emit event %s: %s", reason, e)

@@ -1,0 +1,86 @@
+"""Retry policies (tenacity) for the side effects of each state, and what counts as transient."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Callable
+
+import docker.errors
+import requests.exceptions
+import urllib3.exceptions
+from kubernetes.client.exceptions import ApiException
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_any,
+    stop_before_delay,
+    wait_exponential_jitter,
+)
+
+from .config import Config
+
+log = logging.getLogger("fsm_cleaner")
+
+# Docker answers 409 to a prune while another prune runs; that one is worth waiting for.
+_DOCKER_BUSY = "a prune operation is already running"
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """Failures that another attempt can cure: network, timeouts, 5xx, 429, 409 conflicts."""
+    if exc is None:
+        return False
+    if isinstance(exc, ApiException):
+        return exc.status in (0, 409, 429) or exc.status >= 500
+    if isinstance(exc, docker.errors.APIError):
+        status = exc.status_code or 0
+        return status >= 500 or (status == 409 and _DOCKER_BUSY in str(exc.explanation or exc))
+    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                        urllib3.exceptions.HTTPError, ConnectionError, socket.timeout, TimeoutError)):
+        return True
+    # The docker SDK wraps a refused connection at client creation in a plain DockerException.
+    return isinstance(exc, docker.errors.DockerException) and is_transient(exc.__cause__ or exc.__context__)
+
+
+def short_error(exc: BaseException | None) -> str:
+    if exc is None:
+        return "no error"
+    if isinstance(exc, ApiException):
+        return f"Kubernetes API {exc.status} {exc.reason}".strip()
+    if isinstance(exc, docker.errors.APIError):
+        return f"Docker API {exc.status_code}: {exc.explanation}"
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
+def policy(cfg: Config, step: str, *, patient: bool = False,
+           deadline: Callable[[], float | None] = lambda: None,
+           sleep: Callable[[float], object] = time.sleep) -> Retrying:
+    """The policy for one state's side effect.
+
+    ``patient`` (the uncordon) keeps trying, attempts unbounded, for UNCORDON_RETRY_SECONDS. Any
+    policy also stops once its next attempt would start past ``deadline()`` (monotonic seconds; set
+    when a stop was requested), and sleeps with ``sleep`` so that a stop can cut a backoff short.
+    """
+    budget = cfg.uncordon_retry_seconds if patient else cfg.retry_total_seconds
+
+    def past_deadline(state: RetryCallState) -> bool:
+        limit = deadline()
+        return limit is not None and time.monotonic() + (state.upcoming_sleep or 0) >= limit
+
+    stop = stop_any(stop_before_delay(budget), past_deadline)
+    if not patient:
+        stop = stop_any(stop, stop_after_attempt(cfg.retry_attempts))
+    return Retrying(
+        stop=stop,
+        wait=wait_exponential_jitter(initial=0.5, max=cfg.retry_max_wait_seconds, jitter=0.5),
+        retry=retry_if_exception(is_transient),
+        sleep=sleep,
+        before_sleep=lambda s: log.warning("%s: attempt %d failed (%s); retrying in %.1f s", step,
+                                           s.attempt_number, short_error(s.outcome.exception()),
+                                           s.upcoming_sleep),
+        reraise=True,
+    )
