@@ -65,18 +65,20 @@ class Docker:
         """Remove one image without force; returns why it was kept, or None when it is gone.
 
         An image with several tags cannot be removed by id without force, so its tags are removed one
-        by one: dropping the last tag deletes the image.
+        by one: dropping the last tag deletes the image, unless it is the parent of another image.
         """
         try:
             for ref in image.tags[:-1]:
                 self.api.remove_image(ref)
-            self.api.remove_image(image.tags[-1] if image.tags else image.id)
+            result = self.api.remove_image(image.tags[-1] if image.tags else image.id)
         except docker.errors.NotFound:
             return None  # someone else removed it meanwhile: it is gone either way
         except docker.errors.APIError as e:
             if e.status_code == 409:  # in use, or a parent of another image: never forced
                 return str(e.explanation or e)
             raise
+        if not any("Deleted" in r for r in result or []):
+            return "only untagged: it is the parent of another image, so nothing was freed"
         return None
 
     @staticmethod

@@ -56,15 +56,18 @@ class Kube:
         )
 
     def write(self, seen: NodeView, patch: Patch, timeout: Any = REQUEST_TIMEOUT) -> None:
-        """One merge patch, made conditional on the resourceVersion that the decision was based on."""
+        """One patch, made conditional on the resourceVersion that the decision was based on.
+
+        The client sends a dict as a strategic-merge patch; for these fields (annotations, with null
+        deleting a key, and spec.unschedulable) it means the same as a JSON merge patch.
+        """
         body: dict[str, Any] = {
             "metadata": {"resourceVersion": seen.resource_version, "annotations": patch.annotations}
         }
         if patch.unschedulable is not None:
             body["spec"] = {"unschedulable": patch.unschedulable}
         try:
-            self.api.patch_node(self.node_name, body, _request_timeout=timeout,
-                                _content_type="application/merge-patch+json")
+            self.api.patch_node(self.node_name, body, _request_timeout=timeout)
         except ApiException as e:
             if e.status == 404:
                 raise NodeGone(f"node {self.node_name!r} not found") from None

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what fsm-cleaner's tests and demo need on a fresh Debian machine (run as root), then
+# creates .venv with the package and its test extras. Safe to run again: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# command -> Debian package that provides it
+declare -A provides=(
+  [dockerd]=docker.io [busybox]=busybox-static [mkfs.ext4]=e2fsprogs [losetup]=mount
+  [dot]=graphviz [du]=coreutils [python3]=python3 [git]=git
+)
+missing=()
+for cmd in "${!provides[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || [ -x "/sbin/$cmd" ] || missing+=("${provides[$cmd]}")
+done
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[test]'

@@ -1,0 +1,1330 @@
+"""A small stateful fake Kubernetes API server for tests.
+
+The real ``kubernetes`` Python client talks to it over HTTP on 127.0.0.1, so tests exercise the
+client's actual wire behaviour (content types, status codes, exception classes) instead of mocks.
+Only what the fsm-cleaner agent needs is served: Nodes (get, list, patch, update) and Events
+(create, get, list in ``v1`` and ``events.k8s.io/v1``), plus ``/version``, ``/api``, ``/apis``,
+``/api/v1``, ``/apis/events.k8s.io/v1`` and ``/healthz``-style endpoints.
+
+Server side is stdlib only. Run in-process (``with FakeKube() as fk: ...``) or standalone::
+
+    python -m tests.fakekube --port 8081 --node NAME [--kubeconfig PATH]
+
+which prints the URL on stdout and serves until SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import random
+import re
+import signal
+import socket
+import sys
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import Any, NamedTuple
+from urllib.parse import parse_qs, unquote, urlsplit
+
+MERGE_PATCH = "application/merge-patch+json"
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"
+PATCH_TYPES = (JSON_PATCH, MERGE_PATCH, STRATEGIC_MERGE_PATCH)
+
+# Same limit as apimachinery's ValidateAnnotations: the agent's journal lives in an annotation.
+ANNOTATIONS_MAX_BYTES = 256 * 1024
+
+_REASONS: dict[int, str] = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    406: "NotAcceptable",
+    409: "Conflict",
+    410: "Expired",
+    413: "RequestEntityTooLarge",
+    415: "UnsupportedMediaType",
+    422: "Invalid",
+    429: "TooManyRequests",
+    500: "InternalError",
+    503: "ServiceUnavailable",
+    504: "Timeout",
+}
+
+_NODE_PATH = re.compile(r"^/api/v1/nodes/([^/]+)$")
+# group "api/v1" or "apis/events.k8s.io/v1"; optional namespace; optional event name
+_EVENTS_PATH = re.compile(r"^/(api/v1|apis/events\.k8s\.io/v1)(?:/namespaces/([^/]+))?/events(?:/([^/]+))?$")
+_EVENT_API_VERSION = {"api/v1": "v1", "apis/events.k8s.io/v1": "events.k8s.io/v1"}
+
+_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+# apimachinery's generateName suffix alphabet (no vowels, no confusable digits)
+_NAME_SUFFIX_CHARS = "bcdfghjklmnpqrstvwxz2456789"
+
+
+class Request(NamedTuple):
+    """One logged request; a plain 4-tuple so ``method, path, ctype, body = r`` works."""
+
+    method: str
+    path: str  # without the query string
+    content_type: str | None  # media type only, lower-cased, no parameters
+    body: Any  # parsed JSON, the raw text if it was not JSON, or None
+
+
+class ApiError(Exception):
+    """Raised inside request handling; becomes a ``Status`` response."""
+
+    def __init__(
+        self,
+        code: int,
+        message: str,
+        *,
+        reason: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.reason = reason or _REASONS.get(code, "Unknown")
+        self.details = details
+
+    def status(self) -> dict[str, Any]:
+        return status_body(self.code, self.message, reason=self.reason, details=self.details)
+
+
+def status_body(
+    code: int, message: str, *, reason: str | None = None, details: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A ``metav1.Status`` failure object as the apiserver returns it."""
+    body: dict[str, Any] = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason or _REASONS.get(code, "Unknown"),
+        "code": code,
+    }
+    if details is not None:
+        body["details"] = details
+    return body
+
+
+def _not_found(resource: str, name: str) -> ApiError:
+    return ApiError(404, f'{resource} "{name}" not found', details={"name": name, "kind": resource})
+
+
+def _conflict(resource: str, name: str) -> ApiError:
+    return ApiError(
+        409,
+        f'Operation cannot be fulfilled on {resource} "{name}": the object has been modified; '
+        "please apply your changes to the latest version and try again",
+        details={"name": name, "kind": resource},
+    )
+
+
+def _invalid(kind: str, name: str, errors: list[tuple[str, str]]) -> ApiError:
+    """422 in the shape of apimachinery's ``NewInvalid`` (field errors listed in the message)."""
+    parts = [f"{field}: {msg}" for field, msg in errors]
+    joined = parts[0] if len(parts) == 1 else "[" + ", ".join(parts) + "]"
+    causes = [{"reason": "FieldValueInvalid", "message": m, "field": f} for f, m in errors]
+    return ApiError(
+        422,
+        f'{kind} "{name}" is invalid: {joined}',
+        details={"name": name, "kind": kind, "causes": causes},
+    )
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ---------------------------------------------------------------------------------------------
+# Patch algorithms (pure functions on JSON values; callers pass deep copies where they mutate)
+# ---------------------------------------------------------------------------------------------
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: objects merge recursively, ``null`` deletes, the rest replaces."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+# Node fields whose Go struct tags say patchStrategy=merge. A merge key of None means a list of
+# primitives merged as a set. Every other list is replaced wholesale, like the real server does.
+_SMP_LIST_MERGE_KEYS: dict[tuple[str, ...], str | None] = {
+    ("metadata", "finalizers"): None,
+    ("metadata", "ownerReferences"): "uid",
+    ("spec", "podCIDRs"): None,
+    ("status", "conditions"): "type",
+    ("status", "addresses"): "type",
+}
+
+_DELETE = object()  # sentinel: a ``$patch: delete`` map asks its parent to drop it
+
+
+def _smp_format_error(message: str) -> ApiError:
+    return ApiError(400, message)
+
+
+def strategic_merge_patch(target: Any, patch: Any, path: tuple[str, ...] = ()) -> Any:
+    """Strategic merge patch for Node objects.
+
+    For maps it is RFC 7386 plus the ``$patch: replace|delete``, ``$retainKeys``,
+    ``$deleteFromPrimitiveList/<field>`` directives (``$setElementOrder/<field>`` is accepted and
+    ignored, so list order is not reordered). Lists listed in ``_SMP_LIST_MERGE_KEYS`` merge by
+    key (elements may carry ``$patch: delete``/``replace``); other lists are replaced.
+    """
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    directive = patch.get("$patch")
+    if directive == "delete":
+        return _DELETE
+    if directive == "replace":
+        return _strip_directives({k: v for k, v in patch.items() if k != "$patch"})
+    if directive is not None:
+        raise _smp_format_error(f"Unknown patch type: {directive}")
+
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    # The real implementation handles deleteFromPrimitiveList before merging the rest.
+    for key, value in patch.items():
+        if key.startswith("$deleteFromPrimitiveList/"):
+            field = key.split("/", 1)[1]
+            if not isinstance(value, list):
+                raise _smp_format_error(f"invalid patch format for {key}: must be a list")
+            if isinstance(result.get(field), list):
+                result[field] = [x for x in result[field] if not _contains(value, x)]
+    for key, value in patch.items():
+        if key in ("$patch", "$retainKeys") or key.startswith(
+            ("$deleteFromPrimitiveList/", "$setElementOrder/")
+        ):
+            continue
+        if value is None:
+            result.pop(key, None)
+            continue
+        sub = (*path, key)
+        if isinstance(value, list) and sub in _SMP_LIST_MERGE_KEYS:
+            result[key] = _smp_merge_list(result.get(key), value, _SMP_LIST_MERGE_KEYS[sub], sub)
+            continue
+        merged = strategic_merge_patch(result.get(key), value, sub)
+        if merged is _DELETE:
+            result.pop(key, None)
+        else:
+            result[key] = merged
+    retain = patch.get("$retainKeys")
+    if retain is not None:
+        if not isinstance(retain, list):
+            raise _smp_format_error("invalid patch format for $retainKeys: must be a list")
+        result = {k: v for k, v in result.items() if k in retain}
+    return result
+
+
+def _smp_merge_list(
+    current: Any, patch: list[Any], merge_key: str | None, path: tuple[str, ...]
+) -> list[Any]:
+    items = copy.deepcopy(current) if isinstance(current, list) else []
+    if merge_key is None:  # set of primitives: union, keeping existing order
+        for value in patch:
+            if not _contains(items, value):
+                items.append(copy.deepcopy(value))
+        return items
+    if any(isinstance(e, dict) and e.get("$patch") == "replace" for e in patch):
+        return [
+            _strip_directives(e) for e in patch if not (isinstance(e, dict) and e.get("$patch") == "replace")
+        ]
+    for elem in patch:
+        if not isinstance(elem, dict) or merge_key not in elem:
+            raise _smp_format_error(f"map: {elem!r} does not contain declared merge key: {merge_key}")
+        idx = next(
+            (
+                i
+                for i, cur in enumerate(items)
+                if isinstance(cur, dict) and cur.get(merge_key) == elem[merge_key]
+            ),
+            None,
+        )
+        if elem.get("$patch") == "delete":
+            if idx is not None:
+                del items[idx]
+            continue
+        merged = strategic_merge_patch(items[idx] if idx is not None else {}, elem, path)
+        if idx is None:
+            items.append(merged)
+        else:
+            items[idx] = merged
+    return items
+
+
+def _strip_directives(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_directives(v) for k, v in value.items() if not k.startswith("$")}
+    if isinstance(value, list):
+        return [_strip_directives(v) for v in value]
+    return value
+
+
+def _json_equal(a: Any, b: Any) -> bool:
+    """JSON value equality; unlike ``==`` it keeps ``true`` and ``1`` apart."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a is b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_json_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_json_equal(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
+
+
+def _contains(items: list[Any], value: Any) -> bool:
+    return any(_json_equal(x, value) for x in items)
+
+
+class JsonPatchError(Exception):
+    """An RFC 6902 operation could not be applied (the apiserver answers 422)."""
+
+
+def _parse_pointer(pointer: Any) -> list[str]:
+    """RFC 6901: ``/a~1b/c~0d`` -> ``["a/b", "c~d"]``."""
+    if not isinstance(pointer, str):
+        raise JsonPatchError(f"invalid JSON pointer: {pointer!r}")
+    if pointer == "":
+        return []
+    if not pointer.startswith("/") or re.search(r"~([^01]|$)", pointer):
+        raise JsonPatchError(f"invalid JSON pointer: {pointer!r}")
+    # ~1 first, then ~0, so "~01" decodes to "~1" and not "/"
+    return [t.replace("~1", "/").replace("~0", "~") for t in pointer[1:].split("/")]
+
+
+def _list_index(token: str, length: int, pointer: str) -> int:
+    if not re.fullmatch(r"0|[1-9][0-9]*", token) or int(token) >= length:
+        raise JsonPatchError(f"index out of range or invalid: {pointer}")
+    return int(token)
+
+
+def _get(doc: Any, tokens: list[str], pointer: str) -> Any:
+    node = doc
+    for token in tokens:
+        if isinstance(node, dict):
+            if token not in node:
+                raise JsonPatchError(f"missing value: {pointer}")
+            node = node[token]
+        elif isinstance(node, list):
+            node = node[_list_index(token, len(node), pointer)]
+        else:
+            raise JsonPatchError(f"missing value: {pointer}")
+    return node
+
+
+def _add(doc: Any, tokens: list[str], value: Any, pointer: str) -> Any:
+    if not tokens:
+        return value
+    parent = _get(doc, tokens[:-1], pointer)
+    key = tokens[-1]
+    if isinstance(parent, dict):
+        parent[key] = value
+    elif isinstance(parent, list):
+        if key == "-":
+            parent.append(value)
+        else:
+            parent.insert(_list_index(key, len(parent) + 1, pointer), value)
+    else:
+        raise JsonPatchError(f"add operation does not apply: doc is missing path: {pointer}")
+    return doc
+
+
+def _remove(doc: Any, tokens: list[str], pointer: str) -> Any:
+    if not tokens:
+        raise JsonPatchError("remove operation does not apply: cannot remove the document root")
+    parent = _get(doc, tokens[:-1], pointer)
+    key = tokens[-1]
+    if isinstance(parent, dict):
+        if key not in parent:
+            raise JsonPatchError(f"remove operation does not apply: doc is missing key: {pointer}")
+        return parent.pop(key)
+    if isinstance(parent, list):
+        return parent.pop(_list_index(key, len(parent), pointer))
+    raise JsonPatchError(f"remove operation does not apply: doc is missing path: {pointer}")
+
+
+def json_patch(doc: Any, ops: list[Any]) -> Any:
+    """RFC 6902 JSON patch, atomic: works on a deep copy, raises JsonPatchError on any failure."""
+    doc = copy.deepcopy(doc)
+    for op in ops:
+        if not isinstance(op, dict):
+            raise JsonPatchError(f"invalid operation: {op!r}")
+        kind = op.get("op")
+        pointer = op.get("path")
+        tokens = _parse_pointer(pointer)
+        if kind in ("add", "replace", "test") and "value" not in op:
+            raise JsonPatchError(f"missing value for {kind} operation at {pointer}")
+        if kind == "add":
+            doc = _add(doc, tokens, copy.deepcopy(op["value"]), pointer)
+        elif kind == "remove":
+            _remove(doc, tokens, pointer)
+        elif kind == "replace":
+            if tokens:
+                _get(doc, tokens, pointer)  # the target must exist (RFC 6902 4.3)
+                _remove(doc, tokens, pointer)
+            doc = _add(doc, tokens, copy.deepcopy(op["value"]), pointer)
+        elif kind == "test":
+            if not _json_equal(_get(doc, tokens, pointer), op["value"]):
+                raise JsonPatchError(f"testing value {pointer} failed: test failed")
+        elif kind in ("move", "copy"):
+            source = op.get("from")
+            from_tokens = _parse_pointer(source)
+            if kind == "move":
+                if tokens[: len(from_tokens)] == from_tokens and tokens != from_tokens:
+                    raise JsonPatchError(f"move operation cannot move {source} into its child")
+                value = _remove(doc, from_tokens, source)
+            else:
+                value = copy.deepcopy(_get(doc, from_tokens, source))
+            doc = _add(doc, tokens, value, pointer)
+        else:
+            raise JsonPatchError(f"Unexpected kind: {kind}")
+    return doc
+
+
+# ---------------------------------------------------------------------------------------------
+# Node normalisation and validation (what the apiserver's Go types and validation would do)
+# ---------------------------------------------------------------------------------------------
+
+
+def _drop_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_nulls(v) for v in value]
+    return value
+
+
+def _normalize_node(node: dict[str, Any]) -> dict[str, Any]:
+    """Mimic Go's ``omitempty`` so a round trip looks like the real server's JSON.
+
+    E.g. ``spec.unschedulable: false`` and empty annotation maps are not serialised by the real
+    server, so an uncordon comes back without the field and the client sees ``None``.
+    """
+    node = _drop_nulls(node)
+    meta = node.setdefault("metadata", {})
+    for key in ("labels", "annotations", "finalizers", "ownerReferences"):
+        if meta.get(key) in ({}, []):
+            del meta[key]
+    spec = node.setdefault("spec", {})
+    if isinstance(spec, dict) and spec.get("unschedulable") is False:
+        del spec["unschedulable"]
+    node.setdefault("status", {})
+    return node
+
+
+def _qualified_name_errors(key: str) -> list[str]:
+    """apimachinery ``IsQualifiedName`` (label and annotation keys)."""
+    parts = key.split("/")
+    if len(parts) == 1:
+        name = parts[0]
+    elif len(parts) == 2:
+        prefix, name = parts
+        if not prefix:
+            return ["prefix part must be non-empty"]
+        if len(prefix) > 253 or not _DNS1123_SUBDOMAIN.match(prefix):
+            return [
+                "prefix part a lowercase RFC 1123 subdomain must consist of lower case "
+                "alphanumeric characters, '-' or '.', and must start and end with an "
+                "alphanumeric character"
+            ]
+    else:
+        return [
+            "a qualified name must consist of alphanumeric characters, '-', '_' or '.', and "
+            "must start and end with an alphanumeric character with an optional DNS subdomain "
+            "prefix and '/'"
+        ]
+    if not name:
+        return ["name part must be non-empty"]
+    if len(name) > 63:
+        return ["name part must be no more than 63 characters"]
+    if not _QUALIFIED_NAME.match(name):
+        return [
+            "name part must consist of alphanumeric characters, '-', '_' or '.', and must "
+            "start and end with an alphanumeric character"
+        ]
+    return []
+
+
+def _string_map_errors(field: str, value: Any, *, labels: bool) -> list[tuple[str, str]]:
+    if not isinstance(value, dict):
+        return [(field, f"Invalid value: {value!r}: must be a map of string to string")]
+    errors: list[tuple[str, str]] = []
+    for key, val in value.items():
+        errors += [(field, f"Invalid value: {key!r}: {m}") for m in _qualified_name_errors(key)]
+        if not isinstance(val, str):
+            errors.append((f"{field}[{key}]", f"Invalid value: {val!r}: must be a string"))
+        elif labels and (len(val) > 63 or not _LABEL_VALUE.match(val)):
+            errors.append(
+                (
+                    field,
+                    f"Invalid value: {val!r}: a valid label must be an empty string or consist "
+                    "of alphanumeric characters, '-', '_' or '.', and must start and end with "
+                    "an alphanumeric character (at most 63 characters)",
+                )
+            )
+    if not labels and not errors:
+        size = sum(len(k.encode()) + len(v.encode()) for k, v in value.items())
+        if size > ANNOTATIONS_MAX_BYTES:
+            errors.append((field, f"Too long: must have at most {ANNOTATIONS_MAX_BYTES} bytes"))
+    return errors
+
+
+def node_errors(node: dict[str, Any]) -> list[tuple[str, str]]:
+    """Validation for the fields the agent writes (others are stored as given)."""
+    meta = node.get("metadata", {})
+    errors: list[tuple[str, str]] = []
+    if "labels" in meta:
+        errors += _string_map_errors("metadata.labels", meta["labels"], labels=True)
+    if "annotations" in meta:
+        errors += _string_map_errors("metadata.annotations", meta["annotations"], labels=False)
+    spec = node.get("spec")
+    if not isinstance(spec, dict):
+        errors.append(("spec", f"Invalid value: {spec!r}: must be an object"))
+    elif "unschedulable" in spec and not isinstance(spec["unschedulable"], bool):
+        errors.append(("spec.unschedulable", f"Invalid value: {spec['unschedulable']!r}: must be a boolean"))
+    return errors
+
+
+# ---------------------------------------------------------------------------------------------
+# Selectors
+# ---------------------------------------------------------------------------------------------
+
+
+def _split_selector(selector: str) -> list[str]:
+    """Split on commas outside parentheses (``env in (a,b),tier``)."""
+    parts, depth, cur = [], 0, ""
+    for ch in selector:
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "," and depth == 0:
+            parts.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur.strip())
+    return [p for p in parts if p]
+
+
+def _selector_matches(selector: str, lookup: Callable[[str], str | None]) -> bool:
+    """Label-selector grammar: ``k=v``, ``k==v``, ``k!=v``, ``k``, ``!k``, ``k in (..)``, notin."""
+    for req in _split_selector(selector):
+        m = re.fullmatch(r"(\S+)\s+(in|notin)\s+\((.*)\)", req)
+        if m:
+            values = {v.strip() for v in m.group(3).split(",")}
+            actual = lookup(m.group(1))
+            ok = actual in values if m.group(2) == "in" else actual not in values
+        elif m := re.fullmatch(r"([^!=\s]+)\s*(==|=|!=)\s*(\S*)", req):
+            actual = lookup(m.group(1))
+            ok = (actual == m.group(3)) if m.group(2) != "!=" else (actual != m.group(3))
+        elif m := re.fullmatch(r"!\s*(\S+)", req):
+            ok = lookup(m.group(1)) is None
+        elif re.fullmatch(r"[^!=\s()]+", req):
+            ok = lookup(req) is not None
+        else:
+            raise ApiError(400, f"unable to parse requirement: {req!r}")
+        if not ok:
+            return False
+    return True
+
+
+def _dotted(obj: Any, path: str) -> str | None:
+    """Field-selector lookup: scalars rendered the way the apiserver compares them."""
+    for part in path.split("."):
+        if not isinstance(obj, dict) or part not in obj:
+            return None
+        obj = obj[part]
+    if isinstance(obj, bool):
+        return "true" if obj else "false"
+    return None if isinstance(obj, (dict, list)) else str(obj)
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP plumbing
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Fault:
+    method: str
+    path: re.Pattern[str]
+    status: int | None
+    remaining: int
+    delay: float
+    drop: bool
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128  # several agent processes may connect at once
+
+    def __init__(self, address: tuple[str, int], fake: FakeKube) -> None:
+        self.fake = fake
+        self._conn_lock = threading.Lock()
+        self._conns: dict[socket.socket, threading.Thread] = {}
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # Like ThreadingMixIn, but remembering each connection so stop() can cut keep-alive
+        # connections that would otherwise park a handler thread forever.
+        thread = threading.Thread(
+            target=self.process_request_thread, args=(request, client_address), daemon=True
+        )
+        with self._conn_lock:
+            self._conns[request] = thread
+        thread.start()
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._conn_lock:
+            self._conns.pop(request, None)
+        super().shutdown_request(request)
+
+    def close_connections(self, timeout: float = 5.0) -> None:
+        with self._conn_lock:
+            conns = list(self._conns.items())
+        for sock, _ in conns:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        for _, thread in conns:
+            thread.join(timeout)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients that time out or go away mid-request are routine in these tests.
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError, OSError)):
+            return
+        super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, like the client's urllib3 pool expects
+    # Headers and body go out in separate writes; with Nagle on, each response would stall on
+    # the client's delayed ACK (~40 ms).
+    disable_nagle_algorithm = True
+    server: _Server
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def do_POST(self) -> None:
+        self._handle()
+
+    def do_PUT(self) -> None:
+        self._handle()
+
+    def do_PATCH(self) -> None:
+        self._handle()
+
+    def do_DELETE(self) -> None:
+        self._handle()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if self.server.fake.verbose:
+            sys.stderr.write(f"fakekube: {self.address_string()} {format % args}\n")
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    self.rfile.readline()
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _handle(self) -> None:
+        fake = self.server.fake
+        url = urlsplit(self.path)
+        path = url.path
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        raw_ctype = self.headers.get("Content-Type")
+        ctype = raw_ctype.split(";")[0].strip().lower() if raw_ctype else None
+        raw = self._read_body()
+        body: Any = None
+        bad_json = False
+        if raw:
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body, bad_json = raw.decode("utf-8", "replace"), True
+        method = self.command
+        fake._log(Request(method, path, ctype, copy.deepcopy(body)))
+
+        try:
+            fake._run_hooks(method, path)
+        except Exception as exc:  # a broken hook must show up in the test, not hang it
+            self._send(500, status_body(500, f"fakekube on_request hook failed: {exc!r}"))
+            return
+
+        fault = fake._take_fault(method, path)
+        if fault is not None:
+            if fault.delay:
+                fake._stopping.wait(fault.delay)  # interruptible, so stop() is never held up
+            if fault.drop:
+                self.close_connection = True
+                # FIN, no bytes: the client sees the connection end without any response
+                with contextlib.suppress(OSError):
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            if fault.status is not None:
+                self._send(fault.status, fake._fault_status(fault.status, path))
+                return
+
+        try:
+            if bad_json:
+                raise ApiError(400, f"the request body is not valid JSON: {body[:200]!r}")
+            code, obj = fake._dispatch(method, path, query, ctype, body)
+        except ApiError as err:
+            code, obj = err.code, err.status()
+        except Exception as exc:  # keep serving; report like the apiserver's panic handler
+            code, obj = 500, status_body(500, f"Internal error occurred: {exc!r}")
+        self._send(code, obj)
+
+    def _send(self, code: int, obj: Any) -> None:
+        if isinstance(obj, str):
+            data, ctype = obj.encode(), "text/plain; charset=utf-8"
+        else:
+            data, ctype = json.dumps(obj).encode(), "application/json"
+        try:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Audit-Id", str(uuid.uuid4()))
+            if code == 429:
+                self.send_header("Retry-After", "1")
+            self.end_headers()
+            self.wfile.write(data)
+            self.wfile.flush()
+        except OSError:  # the client gave up (timeout) - nothing to answer
+            self.close_connection = True
+
+
+# ---------------------------------------------------------------------------------------------
+# The fake
+# ---------------------------------------------------------------------------------------------
+
+
+class FakeKube:
+    """Stateful fake apiserver. All state lives under one lock; requests are served in threads.
+
+    ``requests`` and ``events`` are the live lists (appended under the lock); copy them with
+    ``list(...)`` if other requests may still be in flight.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, verbose: bool = False) -> None:
+        self.host = host
+        self.port = port  # 0 until start() picks one; kept so a restart reuses the same port
+        self.verbose = verbose
+        self._lock = threading.RLock()
+        self._nodes: dict[str, dict[str, Any]] = {}
+        self._rv = 0
+        self._faults: list[_Fault] = []
+        self._hooks: list[Callable[[str, str], None]] = []
+        self.requests: list[Request] = []
+        self.events: list[dict[str, Any]] = []
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> FakeKube:
+        """Bind and serve in a daemon thread. After stop(), start() again resumes on the same
+        port with the state intact, which lets a test simulate an apiserver outage."""
+        if self._server is not None:
+            return self
+        self._stopping.clear()
+        server = _Server((self.host, self.port), self)
+        self.port = server.server_address[1]
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"fakekube:{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        self._stopping.set()  # wakes handlers sleeping in a delay fault
+        server.shutdown()
+        server.close_connections()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+    def __enter__(self) -> FakeKube:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        if not self.port:
+            raise RuntimeError("FakeKube is not started")
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def kubeconfig(self, path: str | Path) -> Path:
+        """Write a kubeconfig for ``load_kube_config(config_file=path)`` / ``KUBECONFIG=path``.
+
+        JSON is valid YAML, so no YAML library is needed."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cfg = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {"name": "fakekube", "cluster": {"server": self.url, "insecure-skip-tls-verify": True}}
+            ],
+            "users": [{"name": "fakekube", "user": {"token": "fakekube-token"}}],
+            "contexts": [
+                {
+                    "name": "fakekube",
+                    "context": {"cluster": "fakekube", "user": "fakekube", "namespace": "default"},
+                }
+            ],
+            "current-context": "fakekube",
+            "preferences": {},
+        }
+        path.write_text(json.dumps(cfg, indent=2) + "\n")
+        return path
+
+    # -- test helpers ---------------------------------------------------------------------------
+
+    def add_node(
+        self,
+        name: str,
+        *,
+        unschedulable: bool = False,
+        labels: dict[str, str] | None = None,
+        annotations: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        now = _now()
+        with self._lock:
+            if name in self._nodes:
+                raise ValueError(f"node {name!r} already exists")
+            node: dict[str, Any] = {
+                "kind": "Node",
+                "apiVersion": "v1",
+                "metadata": {
+                    "name": name,
+                    "uid": str(uuid.uuid4()),
+                    "creationTimestamp": now,
+                    "labels": dict(labels or {}),
+                    "annotations": dict(annotations or {}),
+                },
+                "spec": {"unschedulable": unschedulable},
+                "status": {
+                    "conditions": [
+                        {
+                            "type": "Ready",
+                            "status": "True",
+                            "reason": "KubeletReady",
+                            "message": "kubelet is posting ready status",
+                            "lastHeartbeatTime": now,
+                            "lastTransitionTime": now,
+                        }
+                    ],
+                    "addresses": [{"type": "Hostname", "address": name}],
+                },
+            }
+            node = _normalize_node(node)
+            errors = node_errors(node)
+            if errors:
+                raise ValueError(_invalid("Node", name, errors).message)
+            node["metadata"]["resourceVersion"] = self._next_rv()
+            self._nodes[name] = node
+            return copy.deepcopy(node)
+
+    def node(self, name: str) -> dict[str, Any]:
+        with self._lock:
+            return copy.deepcopy(self._nodes[name])
+
+    def nodes(self) -> list[str]:
+        with self._lock:
+            return sorted(self._nodes)
+
+    def delete_node(self, name: str) -> None:
+        with self._lock:
+            del self._nodes[name]
+            self._next_rv()  # deletes advance the global revision too
+
+    def mutate(self, name: str, fn: Callable[[dict[str, Any]], dict[str, Any] | None]) -> dict[str, Any]:
+        """Apply ``fn`` to a copy of the node (in place, or return a replacement) and store it
+        with a new resourceVersion, as a concurrent writer would. No validation: tests may set
+        anything, including status."""
+        with self._lock:
+            old = self._nodes[name]
+            draft = copy.deepcopy(old)
+            returned = fn(draft)
+            new = _normalize_node(returned if returned is not None else draft)
+            meta = new["metadata"]
+            for key in ("name", "uid", "creationTimestamp"):
+                meta[key] = old["metadata"][key]
+            meta["resourceVersion"] = self._next_rv()
+            self._nodes[name] = new
+            return copy.deepcopy(new)
+
+    @property
+    def resource_version(self) -> str:
+        """The current global revision (what a list would report)."""
+        with self._lock:
+            return str(self._rv)
+
+    def fail(
+        self,
+        method: str = "PATCH",
+        path: str = r".*",
+        status: int | None = 500,
+        times: int = 1,
+        delay: float = 0.0,
+        drop: bool = False,
+    ) -> None:
+        """Queue a fault for the next ``times`` requests whose method matches (``"*"`` = any)
+        and whose path (no query string) matches the regex ``path`` via ``re.search``.
+
+        Each hit waits ``delay`` seconds, then either drops the connection (``drop=True``),
+        answers ``status`` with a Status body, or (``status=None``) is served normally - so a
+        delayed write still lands after a client that timed out has given up, as on a real
+        server. Faults are consumed in the order queued; a request consumes at most one."""
+        if times < 1:
+            raise ValueError("times must be >= 1")
+        with self._lock:
+            self._faults.append(_Fault(method.upper(), re.compile(path), status, times, delay, drop))
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def on_request(self, fn: Callable[[str, str], None] | None) -> None:
+        """Add a hook ``fn(method, path)`` run before each request is served, outside the state
+        lock (so it may call ``mutate``). ``on_request(None)`` removes all hooks."""
+        with self._lock:
+            if fn is None:
+                self._hooks.clear()
+            else:
+                self._hooks.append(fn)
+
+    def clear_requests(self) -> None:
+        with self._lock:
+            self.requests.clear()
+
+    # -- internals used by the handler ----------------------------------------------------------
+
+    def _next_rv(self) -> str:
+        self._rv += 1
+        return str(self._rv)
+
+    def _log(self, request: Request) -> None:
+        with self._lock:
+            self.requests.append(request)
+
+    def _run_hooks(self, method: str, path: str) -> None:
+        with self._lock:
+            hooks = list(self._hooks)
+        for hook in hooks:
+            hook(method, path)
+
+    def _take_fault(self, method: str, path: str) -> _Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.method in ("*", method) and fault.path.search(path):
+                    fault.remaining -= 1
+                    if fault.remaining <= 0:
+                        self._faults.remove(fault)
+                    return fault
+        return None
+
+    def _fault_status(self, code: int, path: str) -> dict[str, Any]:
+        m = _NODE_PATH.match(path)
+        if m and code == 409:
+            return _conflict("nodes", unquote(m.group(1))).status()
+        if m and code == 404:
+            return _not_found("nodes", unquote(m.group(1))).status()
+        return status_body(code, f"fakekube: injected fault ({code})")
+
+    def _dispatch(
+        self, method: str, path: str, query: dict[str, str], ctype: str | None, body: Any
+    ) -> tuple[int, Any]:
+        path = path.rstrip("/") or "/"  # the client's VersionApi asks for "/version/"
+        if path in ("/healthz", "/livez", "/readyz") and method == "GET":
+            return 200, "ok"
+        if path == "/version" and method == "GET":
+            return 200, _VERSION
+        if path == "/api" and method == "GET":
+            return 200, {
+                "kind": "APIVersions",
+                "versions": ["v1"],
+                "serverAddressByClientCIDRs": [
+                    {"clientCIDR": "0.0.0.0/0", "serverAddress": f"{self.host}:{self.port}"}
+                ],
+            }
+        if path == "/apis" and method == "GET":
+            return 200, _API_GROUPS
+        if path == "/api/v1" and method == "GET":
+            return 200, _CORE_RESOURCES
+        if path == "/apis/events.k8s.io/v1" and method == "GET":
+            return 200, _EVENTS_RESOURCES
+        if "watch" in query and query["watch"] not in ("", "0", "false"):
+            raise ApiError(400, "fakekube does not implement watch")
+
+        with self._lock:  # one lock for all state: every request is serialised here
+            if path == "/api/v1/nodes":
+                if method == "GET":
+                    return 200, self._list_nodes(query)
+                raise _method_not_allowed()
+            m = _NODE_PATH.match(path)
+            if m:
+                name = unquote(m.group(1))
+                if method == "GET":
+                    return 200, copy.deepcopy(self._get_node(name))
+                if method == "PATCH":
+                    return self._patch_node(name, ctype, body, query)
+                if method == "PUT":
+                    _require_json(ctype)
+                    return self._update_node(name, copy.deepcopy(body), query)
+                raise _method_not_allowed()
+            m = _EVENTS_PATH.match(path)
+            if m:
+                group, ns, name = m.group(1), m.group(2), m.group(3)
+                api_version = _EVENT_API_VERSION[group]
+                ns = unquote(ns) if ns else None
+                if name is not None:
+                    if method == "GET" and ns:
+                        return 200, self._get_event(api_version, ns, unquote(name))
+                    raise _method_not_allowed()
+                if method == "GET":
+                    return 200, self._list_events(api_version, ns, query)
+                if method == "POST" and ns:
+                    _require_json(ctype)
+                    return 201, self._create_event(api_version, ns, copy.deepcopy(body), query)
+                raise _method_not_allowed()
+        raise ApiError(404, "the server could not find the requested resource", details={})
+
+    # -- nodes ----------------------------------------------------------------------------------
+
+    def _get_node(self, name: str) -> dict[str, Any]:
+        try:
+            return self._nodes[name]
+        except KeyError:
+            raise _not_found("nodes", name) from None
+
+    def _list_nodes(self, query: dict[str, str]) -> dict[str, Any]:
+        items = [self._nodes[n] for n in sorted(self._nodes)]
+        if query.get("labelSelector"):
+            items = [
+                n
+                for n in items
+                if _selector_matches(
+                    query["labelSelector"], lambda k, n=n: n["metadata"].get("labels", {}).get(k)
+                )
+            ]
+        if query.get("fieldSelector"):
+            for req in _split_selector(query["fieldSelector"]):
+                field = re.split(r"!=|==|=", req, maxsplit=1)[0].strip()
+                if field not in ("metadata.name", "spec.unschedulable"):
+                    raise ApiError(400, f'field label not supported: "{field}"')
+            items = [
+                n
+                for n in items
+                if _selector_matches(
+                    query["fieldSelector"],
+                    # spec.unschedulable is indexed as "false" when unset
+                    lambda f, n=n: _dotted(n, f) or ("false" if f == "spec.unschedulable" else None),
+                )
+            ]
+        return {
+            "kind": "NodeList",
+            "apiVersion": "v1",
+            "metadata": {"resourceVersion": str(self._rv)},
+            "items": copy.deepcopy(items),
+        }
+
+    def _patch_node(self, name: str, ctype: str | None, patch: Any, query: dict[str, str]) -> tuple[int, Any]:
+        if ctype not in PATCH_TYPES:
+            raise ApiError(
+                415,
+                "the body of the request was in an unknown format - accepted media types "
+                f"include: {', '.join(PATCH_TYPES)} (fakekube does not implement {APPLY_PATCH})",
+            )
+        current = copy.deepcopy(self._get_node(name))
+        if ctype == JSON_PATCH:
+            if not isinstance(patch, list):
+                raise ApiError(400, "json: cannot unmarshal object into Go value of type jsonpatch.Patch")
+            try:
+                patched = json_patch(current, patch)
+            except JsonPatchError as err:
+                raise ApiError(422, str(err)) from None
+        else:
+            if not isinstance(patch, dict):
+                raise ApiError(
+                    400, "json: cannot unmarshal non-object into Go value of type map[string]interface {}"
+                )
+            if ctype == MERGE_PATCH:
+                patched = merge_patch(current, patch)
+            else:
+                patched = strategic_merge_patch(current, patch)
+                if patched is _DELETE:
+                    raise ApiError(400, "$patch: delete is not allowed at the root of the patch")
+        return self._update_node(name, patched, query)
+
+    def _update_node(self, name: str, new: Any, query: dict[str, str]) -> tuple[int, Any]:
+        """Shared tail of PUT and PATCH, in the apiserver's order: name check, resourceVersion
+        precondition (409), immutable fields, normalisation, validation (422), no-op detection."""
+        old = self._get_node(name)
+        if not isinstance(new, dict) or not isinstance(new.get("metadata", {}), dict):
+            raise ApiError(400, "the request body is not a Node object")
+        if new.get("kind", "Node") != "Node" or new.get("apiVersion", "v1") != "v1":
+            raise ApiError(400, f"{new.get('apiVersion')}, Kind={new.get('kind')} is not a v1 Node")
+        meta = new.setdefault("metadata", {})
+        if meta.get("name") != name:
+            raise ApiError(
+                400,
+                f"the name of the object ({meta.get('name') or ''}) does not match the name on "
+                f"the URL ({name})",
+            )
+        old_meta = old["metadata"]
+        # A resourceVersion in the body is a precondition; "0"/empty/absent means unconditional.
+        rv = meta.get("resourceVersion")
+        if rv not in (None, ""):
+            if not isinstance(rv, str) or not rv.isdigit():
+                raise ApiError(400, f"invalid resourceVersion: {rv!r}")
+            if int(rv) != 0 and rv != old_meta["resourceVersion"]:
+                raise _conflict("nodes", name)
+        uid = meta.get("uid")
+        if uid not in (None, "") and uid != old_meta["uid"]:
+            raise _invalid("Node", name, [("metadata.uid", f"Invalid value: {uid!r}: field is immutable")])
+        meta["uid"] = old_meta["uid"]
+        meta["creationTimestamp"] = old_meta["creationTimestamp"]
+        meta["resourceVersion"] = old_meta["resourceVersion"]
+        new["kind"], new["apiVersion"] = "Node", "v1"
+        # Writes to the main resource never touch status (that is the /status subresource).
+        new["status"] = copy.deepcopy(old.get("status", {}))
+        new = _normalize_node(new)
+        errors = node_errors(new)
+        if errors:
+            raise _invalid("Node", name, errors)
+        if _json_equal(new, old):  # no-op: 200 with the stored object, revision unchanged
+            return 200, copy.deepcopy(old)
+        if query.get("dryRun") == "All":
+            return 200, new
+        new["metadata"]["resourceVersion"] = self._next_rv()
+        self._nodes[name] = new
+        return 200, copy.deepcopy(new)
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def _create_event(self, api_version: str, ns: str, body: Any, query: dict[str, str]) -> dict[str, Any]:
+        if not isinstance(body, dict) or not isinstance(body.get("metadata", {}), dict):
+            raise ApiError(400, "the request body is not an Event object")
+        meta = body.setdefault("metadata", {})
+        if meta.get("namespace") not in (None, "", ns):
+            raise ApiError(
+                400,
+                "the namespace of the provided object does not match the namespace sent on the request",
+            )
+        name = meta.get("name")
+        if not name:
+            prefix = meta.get("generateName")
+            if not prefix:
+                raise _invalid(
+                    "Event", "", [("metadata.name", "Required value: name or generateName is required")]
+                )
+            name = prefix + "".join(random.choices(_NAME_SUFFIX_CHARS, k=5))
+        # v1 and events.k8s.io/v1 are two views of one storage, so names clash across both.
+        if any(e["metadata"]["namespace"] == ns and e["metadata"]["name"] == name for e in self.events):
+            raise ApiError(
+                409,
+                f'events "{name}" already exists',
+                reason="AlreadyExists",
+                details={"name": name, "kind": "events"},
+            )
+        meta.update(name=name, namespace=ns, uid=str(uuid.uuid4()), creationTimestamp=_now())
+        body["kind"], body["apiVersion"] = "Event", api_version
+        body = _drop_nulls(body)
+        if query.get("dryRun") == "All":
+            return body
+        body["metadata"]["resourceVersion"] = self._next_rv()
+        self.events.append(body)
+        return copy.deepcopy(body)
+
+    def _get_event(self, api_version: str, ns: str, name: str) -> dict[str, Any]:
+        for event in self.events:
+            m = event["metadata"]
+            if event["apiVersion"] == api_version and m["namespace"] == ns and m["name"] == name:
+                return copy.deepcopy(event)
+        raise _not_found("events" if api_version == "v1" else "events.events.k8s.io", name)
+
+    def _list_events(self, api_version: str, ns: str | None, query: dict[str, str]) -> dict[str, Any]:
+        # Only events created through the same API group: the fake does not convert between
+        # the core/v1 and events.k8s.io/v1 shapes (the client's models for each differ).
+        items = [
+            e
+            for e in self.events
+            if e["apiVersion"] == api_version and (ns is None or e["metadata"]["namespace"] == ns)
+        ]
+        if query.get("labelSelector"):
+            items = [
+                e
+                for e in items
+                if _selector_matches(
+                    query["labelSelector"], lambda k, e=e: e["metadata"].get("labels", {}).get(k)
+                )
+            ]
+        if query.get("fieldSelector"):
+            items = [
+                e for e in items if _selector_matches(query["fieldSelector"], lambda f, e=e: _dotted(e, f))
+            ]
+        return {
+            "kind": "EventList",
+            "apiVersion": api_version,
+            "metadata": {"resourceVersion": str(self._rv)},
+            "items": copy.deepcopy(items),
+        }
+
+
+def _method_not_allowed() -> ApiError:
+    return ApiError(405, "the server does not allow this method on the requested resource")
+
+
+def _require_json(ctype: str | None) -> None:
+    # The client always sends application/json for create/update; be lenient about a missing one.
+    if ctype not in (None, "application/json"):
+        raise ApiError(
+            415,
+            f"the body of the request was in an unknown format - accepted media types include: "
+            f'application/json (got "{ctype}")',
+        )
+
+
+_VERSION: dict[str, str] = {
+    "major": "1",
+    "minor": "34",
+    "gitVersion": "v1.34.0-fakekube",
+    "gitCommit": "0" * 40,
+    "gitTreeState": "clean",
+    "buildDate": "2025-01-01T00:00:00Z",
+    "goVersion": "go1.24.0",
+    "compiler": "gc",
+    "platform": "linux/amd64",
+}
+
+_API_GROUPS: dict[str, Any] = {
+    "kind": "APIGroupList",
+    "apiVersion": "v1",
+    "groups": [
+        {
+            "name": "events.k8s.io",
+            "versions": [{"groupVersion": "events.k8s.io/v1", "version": "v1"}],
+            "preferredVersion": {"groupVersion": "events.k8s.io/v1", "version": "v1"},
+        }
+    ],
+}
+
+_EVENT_RESOURCE: dict[str, Any] = {
+    "name": "events",
+    "singularName": "event",
+    "namespaced": True,
+    "kind": "Event",
+    "verbs": ["create", "get", "list"],
+    "shortNames": ["ev"],
+}
+
+_CORE_RESOURCES: dict[str, Any] = {
+    "kind": "APIResourceList",
+    "groupVersion": "v1",
+    "resources": [
+        {
+            "name": "nodes",
+            "singularName": "node",
+            "namespaced": False,
+            "kind": "Node",
+            "verbs": ["get", "list", "patch", "update"],
+            "shortNames": ["no"],
+        },
+        _EVENT_RESOURCE,
+    ],
+}
+
+_EVENTS_RESOURCES: dict[str, Any] = {
+    "kind": "APIResourceList",
+    "apiVersion": "v1",
+    "groupVersion": "events.k8s.io/v1",
+    "resources": [_EVENT_RESOURCE],
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.fakekube", description="Serve a fake Kubernetes API until SIGTERM."
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8081, help="0 picks a free port")
+    parser.add_argument(
+        "--node", action="append", default=[], metavar="NAME", help="create a node (repeatable)"
+    )
+    parser.add_argument("--kubeconfig", type=Path, help="write a kubeconfig pointing here")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log requests to stderr")
+    args = parser.parse_args(argv)
+
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    with FakeKube(args.host, args.port, verbose=args.verbose) as fake:
+        for name in args.node:
+            fake.add_node(name)
+        if args.kubeconfig:
+            fake.kubeconfig(args.kubeconfig)
+            print(f"fakekube: kubeconfig written to {args.kubeconfig}", file=sys.stderr)
+        print(fake.url, flush=True)  # first stdout line is the URL, for scripts to read
+        while not stop.wait(0.2):
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""End to end: the agent as a subprocess, one cycle, against the real dockerd bed and the fake API."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import docker.errors
+import pytest
+
+from tests.conftest import NODE, agent_env, journal_of, run_agent
+from tests.fakekube import FakeKube
+from tests.testbed import DockerBed
+
+FULL_CYCLE = ["Reconciling", "Idle", "Measuring", "Cordoning", "PruningContainers", "PruningDangling",
+              "PruningAll", "Uncordoning", "Idle"]
+
+
+def exists(bed: DockerBed, image_id: str) -> bool:
+    try:
+        bed.client().images.get(image_id)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
+def settled_usage(bed: DockerBed) -> tuple[float, float]:
+    """Usage once dockerd has finished deleting build contexts (ext4 frees blocks a moment later)."""
+    last = None
+    for _ in range(50):
+        os.sync()
+        now = bed.usage()
+        if now == last:
+            return now
+        last = now
+        time.sleep(0.2)
+    return now
+
+
+def high_just_below(bed: DockerBed, margin: float = 1.0) -> float:
+    return round(max(settled_usage(bed)) - margin, 2)
+
+
+def is_cordoned(cluster: FakeKube) -> bool:
+    return bool(cluster.node(NODE)["spec"].get("unschedulable"))
+
+
+def above(bed: DockerBed, tmp_path, margin: float = 1.0, **settings) -> dict[str, str]:
+    """The agent's environment with THRESHOLD_HIGH just below the bed's current usage."""
+    high = high_just_below(bed, margin)
+    return agent_env(bed, tmp_path, DOCKER_IMAGE_CLEANER_THRESHOLD_HIGH=high, **settings)
+
+
+def assert_handed_back(cluster: FakeKube, unschedulable: bool = False) -> dict:
+    node = cluster.node(NODE)
+    assert bool(node["spec"].get("unschedulable")) is unschedulable
+    assert node["metadata"]["labels"]["kubernetes.io/hostname"] == NODE
+    assert node["metadata"]["annotations"]["team"] == "ml"  # a neighbour's annotation survives
+    entry = journal_of(node)
+    assert entry is not None and entry["state"] == "Idle"
+    return entry
+
+
+def test_below_threshold_does_nothing(docker_bed: DockerBed, cluster: FakeKube, tmp_path) -> None:
+    image = docker_bed.build_image("app:1", 10)
+    high = max(settled_usage(docker_bed)) + 10
+    run = run_agent(agent_env(docker_bed, tmp_path, DOCKER_IMAGE_CLEANER_THRESHOLD_HIGH=high))
+    assert run.code == 0, run.log
+    assert "below the high threshold" in run.log
+    assert run.states() == ["Reconciling", "Idle", "Measuring", "Idle"]
+    assert [r for r in cluster.requests if r.method != "GET"] == []  # a quiet node is not written to
+    assert exists(docker_bed, image)
+
+
+def test_full_cycle_cordons_exactly_while_pruning(docker_bed: DockerBed, cluster: FakeKube, tmp_path) -> None:
+    old = docker_bed.build_image("app:old", 20)
+    live = docker_bed.build_image("app:live", 20)
+    stopped = docker_bed.run_container(old, running=False)
+    running = docker_bed.run_container(live, running=True)
+    seen: list[tuple[float, bool]] = []  # (time, node unschedulable) just before each API request
+    cluster.on_request(lambda m, p: seen.append((time.time(), is_cordoned(cluster))))
+    since = time.time() - 1
+
+    run = run_agent(above(docker_bed, tmp_path))
+
+    assert run.code == 0, run.log
+    assert run.states() == FULL_CYCLE, run.log
+    entry = assert_handed_back(cluster)
+    assert entry["cordoned_by_us"] is False
+    client = docker_bed.client()
+    assert [c.id for c in client.containers.list(all=True)] == [running]
+    assert stopped != running
+    assert not exists(docker_bed, old) and exists(docker_bed, live)  # the running container's image stays
+
+    removals = [e["timeNano"] / 1e9 for e in client.events(since=since, until=time.time(), decode=True)
+                if (e["Type"], e["Action"]) in (("image", "delete"), ("container", "destroy"))]
+    assert removals, "Docker reported no removal"
+    cordoned = [t for t, unschedulable in seen if unschedulable]
+    assert cordoned and min(cordoned) < min(removals) and max(removals) < max(cordoned)
+    # from the first moment it was seen cordoned to the last, it never was schedulable in between
+    assert all(u for t, u in seen if min(cordoned) <= t <= max(cordoned))
+    assert "removed 1 containers and 1 images" in run.log
+    assert {"Cordoned", "Uncordoned"} <= {e["reason"] for e in cluster.events}
+
+
+def test_enough_dangling_images_skip_pruning_all(docker_bed: DockerBed, cluster: FakeKube, tmp_path) -> None:
+    tagged = docker_bed.build_image("app:1", 10)
+    dangling = docker_bed.make_dangling(3, 25)
+    run = run_agent(above(docker_bed, tmp_path, 4))
+    assert run.code == 0, run.log
+    assert "PruningAll" not in run.states()
+    assert not any(exists(docker_bed, i) for i in dangling)
+    assert exists(docker_bed, tagged)
+    assert_handed_back(cluster)
+
+
+def test_threshold_low_stops_removal_at_the_target(docker_bed: DockerBed, cluster: FakeKube,
+                                                   tmp_path) -> None:
+    images = [docker_bed.build_image(f"app:{n}", 20) for n in range(5)]
+    created = {i: docker_bed.client().api.inspect_image(i)["Created"] for i in images}
+    usage = max(settled_usage(docker_bed))
+    low = round(usage - 7, 2)  # about two of the five images' worth
+    run = run_agent(agent_env(docker_bed, tmp_path, DOCKER_IMAGE_CLEANER_THRESHOLD_HIGH=round(usage - 1, 2),
+                              DOCKER_IMAGE_CLEANER_THRESHOLD_LOW=low))
+    assert run.code == 0, run.log
+    assert max(settled_usage(docker_bed)) <= low
+    kept = [created[i] for i in images if exists(docker_bed, i)]
+    removed = [created[i] for i in images if not exists(docker_bed, i)]
+    assert kept, "it removed everything although the target was reached earlier"
+    assert removed and max(removed) <= min(kept)  # oldest first
+    assert_handed_back(cluster)
+
+
+def test_inode_pressure_alone_triggers_a_cycle(docker_bed: DockerBed, cluster: FakeKube, tmp_path) -> None:
+    docker_bed.build_image("many-files:1", 6, files=6000)
+    docker_bed.build_image("many-files:2", 6, files=6000)
+    blocks, inodes = settled_usage(docker_bed)
+    assert inodes > blocks + 10, (blocks, inodes)
+    run = run_agent(agent_env(docker_bed, tmp_path, DOCKER_IMAGE_CLEANER_THRESHOLD_HIGH=round(inodes - 5)))
+    assert run.code == 0, run.log
+    assert "Cordoning" in run.states()
+    assert docker_bed.usage()[1] < inodes - 10
+    assert_handed_back(cluster)
+
+
+def test_without_node_name_there_is_no_cluster(docker_bed: DockerBed, tmp_path) -> None:
+    image = docker_bed.build_image("app:1", 20)
+    run = run_agent(above(docker_bed, tmp_path, node=False))
+    assert run.code == 0, run.log
+    assert run.states() == FULL_CYCLE  # Cordoning and Uncordoning still show, doing nothing
+    assert "no cluster: nothing to cordon" in run.log
+    assert not exists(docker_bed, image)
+
+
+def test_a_node_cordoned_by_someone_else_stays_cordoned(docker_bed: DockerBed, cluster: FakeKube,
+                                                        tmp_path) -> None:
+    cluster.mutate(NODE, lambda n: n["spec"].update(unschedulable=True))
+    docker_bed.build_image("app:1", 20)
+    run = run_agent(above(docker_bed, tmp_path))
+    assert run.code == 0, run.log
+    assert run.states() == FULL_CYCLE, run.log
+    entry = assert_handed_back(cluster, unschedulable=True)
+    assert entry["cordoned_by_us"] is False
+    assert not [r for r in cluster.requests if r.method == "PATCH" and "spec" in (r.body or {})]
+
+
+def test_api_server_errors_are_retried(docker_bed: DockerBed, cluster: FakeKube, tmp_path) -> None:
+    docker_bed.build_image("app:1", 20)
+    cluster.fail("PATCH", status=500, times=2)
+    cluster.fail("GET", status=503, times=1)
+    run = run_agent(above(docker_bed, tmp_path))
+    assert run.code == 0, run.log
+    assert run.log.count("retrying in") >= 3
+    assert_handed_back(cluster)
+
+
+def test_when_the_cordon_cannot_be_written_nothing_is_removed(docker_bed: DockerBed, cluster: FakeKube,
+                                                              tmp_path) -> None:
+    image = docker_bed.build_image("app:1", 20)
+    cluster.fail("PATCH", status=500, times=3)
+    run = run_agent(above(docker_bed, tmp_path, FSM_CLEANER_RETRY_ATTEMPTS=3))
+    assert run.code == 1, run.log
+    assert run.states()[-3:] == ["Cordoning", "Uncordoning", "Idle"]
+    assert "cycle FAILED" in run.log
+    assert exists(docker_bed, image)
+    assert not cluster.node(NODE)["spec"].get("unschedulable")
+
+
+def test_dry_run_reports_and_touches_nothing(docker_bed: DockerBed, cluster: FakeKube, tmp_path) -> None:
+    image = docker_bed.build_image("app:1", 20)
+    dangling = docker_bed.make_dangling(1, 1)
+    run = run_agent(above(docker_bed, tmp_path), "--dry-run")
+    assert run.code == 0, run.log
+    assert "would remove 1 dangling images" in run.log and "would remove image app:1" in run.log
+    assert exists(docker_bed, image) and all(exists(docker_bed, i) for i in dangling)
+    assert [r for r in cluster.requests if r.method != "GET"] == []
+
+
+BAD_CONFIG = [
+    ({"DOCKER_IMAGE_CLEANER_THRESHOLD_TYPE": "percent"}, "DOCKER_IMAGE_CLEANER_THRESHOLD_TYPE='percent'"),
+    ({"DOCKER_IMAGE_CLEANER_THRESHOLD_HIGH": "80%"}, "DOCKER_IMAGE_CLEANER_THRESHOLD_HIGH='80%'"),
+    ({"DOCKER_IMAGE_CLEANER_THRESHOLD_HIGH": "101"}, "from 0 to 100"),
+    ({"DOCKER_IMAGE_CLEANER_THRESHOLD_HIGH": "50", "DOCKER_IMAGE_CLEANER_THRESHOLD_LOW": "60"}, "is above"),
+    ({"DOCKER_IMAGE_CLEANER_INTERVAL_SECONDS": "five"}, "DOCKER_IMAGE_CLEANER_INTERVAL_SECONDS='five'"),
+    ({"DOCKER_IMAGE_CLEANER_PATH_TO_CHECK": "/nonexistent"}, "does not exist"),
+]
+
+
+@pytest.mark.parametrize("bad,message", BAD_CONFIG, ids=[m for _, m in BAD_CONFIG])
+def test_bad_configuration_exits_2_and_touches_nothing(docker_bed: DockerBed, cluster: FakeKube, tmp_path,
+                                                        bad: dict, message: str) -> None:
+    image = docker_bed.build_image("app:1", 5)
+    run = run_agent(agent_env(docker_bed, tmp_path, DOCKER_IMAGE_CLEANER_THRESHOLD_HIGH=0) | bad)
+    assert run.code == 2
+    assert message in run.log and "accepted:" in run.log
+    assert len(run.log.strip().splitlines()) == 1  # one message, no traceback
+    assert cluster.requests == []
+    assert exists(docker_bed, image)

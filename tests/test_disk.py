@@ -1,0 +1,304 @@
+"""Behaviour of the disk port: what an operator comparing with df/du would notice."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from fsm_cleaner import disk
+from fsm_cleaner.disk import FsStats, du_tree_bytes, fs_stats, tree_bytes, walk_tree_bytes
+
+HAVE_GNU_DU = (
+    shutil.which("du") is not None
+    and b"GNU" in subprocess.run(["du", "--version"], capture_output=True).stdout
+)
+
+needs_du = pytest.mark.skipif(not HAVE_GNU_DU, reason="GNU du not installed")
+
+
+def _du_or_fail(path: str) -> int:
+    total = du_tree_bytes(path)
+    assert total is not None, "du path unexpectedly fell back"
+    return total
+
+
+# Every counting rule must hold for the public entry point and for both implementations.
+COUNTERS: list = [
+    pytest.param(tree_bytes, id="tree_bytes"),
+    pytest.param(walk_tree_bytes, id="python-walk"),
+    pytest.param(_du_or_fail, id="du", marks=needs_du),
+]
+
+
+def blocks(path: Path) -> int:
+    return os.lstat(path).st_blocks * 512
+
+
+def write(path: Path, size: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(os.urandom(size))
+    return path
+
+
+@pytest.mark.parametrize("count", COUNTERS)
+def test_hard_links_counted_once(tmp_path: Path, count: Callable[[str], int]) -> None:
+    original = write(tmp_path / "a" / "big", 256 * 1024)
+    (tmp_path / "b").mkdir()
+    for i in range(3):
+        os.link(original, tmp_path / "b" / f"link{i}")
+    expected = sum(blocks(p) for p in (tmp_path, tmp_path / "a", tmp_path / "b", original))
+
+    assert count(str(tmp_path)) == expected
+
+
+@pytest.mark.parametrize("count", COUNTERS)
+def test_sparse_file_counts_allocated_blocks(tmp_path: Path, count: Callable[[str], int]) -> None:
+    sparse = tmp_path / "sparse"
+    with open(sparse, "wb") as f:
+        f.truncate(100 << 20)
+        f.write(b"x" * 8192)
+    assert sparse.stat().st_size == 100 << 20
+
+    total = count(str(tmp_path))
+
+    assert total == blocks(tmp_path) + blocks(sparse)
+    assert total < 1 << 20
+
+
+@pytest.mark.parametrize("count", COUNTERS)
+def test_symlinks_not_followed(tmp_path: Path, count: Callable[[str], int]) -> None:
+    outside = write(tmp_path / "outside" / "big", 512 * 1024)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "to_file").symlink_to(outside)
+    (tree / "to_dir").symlink_to(outside.parent, target_is_directory=True)
+    (tree / "dangling").symlink_to(tmp_path / "nowhere")
+
+    expected = blocks(tree) + sum(blocks(tree / n) for n in ("to_file", "to_dir", "dangling"))
+    assert count(str(tree)) == expected
+
+
+@pytest.mark.parametrize("count", COUNTERS)
+def test_path_that_is_a_file(tmp_path: Path, count: Callable[[str], int]) -> None:
+    f = write(tmp_path / "f", 10_000)
+    assert count(str(f)) == blocks(f)
+
+
+def test_missing_path_raises(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        tree_bytes(str(tmp_path / "nope"))
+
+
+def build_mixed_tree(root: Path) -> None:
+    """Nested dirs, sizes from empty to multi-block, hard links across dirs and to a file
+    outside the tree, sparse file, symlinks, an empty dir and a fifo."""
+    for i in range(60):
+        write(root / f"d{i % 4}" / f"e{i % 3}" / f"f{i}", (i * 977) % 20_000)
+    os.link(root / "d0" / "e0" / "f0", root / "d1" / "hard0")
+    os.link(root / "d0" / "e0" / "f0", root / "d2" / "e1" / "hard1")
+    outside = write(root.parent / f"{root.name}-outside", 40_000)
+    os.link(outside, root / "d3" / "hard_to_outside")
+    with open(root / "sparse", "wb") as f:
+        f.seek(10 << 20)
+        f.write(b"z")
+    (root / "d0" / "sym").symlink_to("../d1")
+    (root / "empty").mkdir()
+    os.mkfifo(root / "fifo")
+
+
+@needs_du
+def test_du_and_python_walk_agree(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    build_mixed_tree(tree)
+
+    assert _du_or_fail(str(tree)) == walk_tree_bytes(str(tree))
+    # tree_bytes goes through du here; it must not matter which path was taken.
+    assert tree_bytes(str(tree)) == walk_tree_bytes(str(tree))
+
+
+class _ListedThen:
+    """Stand-in for os.scandir's iterator: entries already read, then a side effect runs,
+    so the walker sees names whose files are gone - the race with Docker deleting layers,
+    made deterministic."""
+
+    def __init__(self, entries: list[os.DirEntry[str]]) -> None:
+        self._entries = entries
+
+    def __enter__(self) -> _ListedThen:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def __iter__(self) -> Iterator[os.DirEntry[str]]:
+        return iter(self._entries)
+
+
+def test_files_vanishing_mid_walk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    keep = write(tmp_path / "layer" / "keep", 50_000)
+    write(tmp_path / "layer" / "gone_file", 50_000)
+    write(tmp_path / "layer" / "gone_dir" / "inner", 50_000)
+    real_scandir = os.scandir
+
+    def racing_scandir(path: str) -> _ListedThen:
+        with real_scandir(path) as it:
+            entries = list(it)
+        if path == str(tmp_path / "layer"):  # the names are listed; now Docker deletes
+            os.unlink(tmp_path / "layer" / "gone_file")
+            os.unlink(tmp_path / "layer" / "gone_dir" / "inner")
+            os.rmdir(tmp_path / "layer" / "gone_dir")
+        return _ListedThen(entries)
+
+    monkeypatch.setattr(disk.os, "scandir", racing_scandir)
+
+    total = walk_tree_bytes(str(tmp_path))
+
+    assert total == blocks(tmp_path) + blocks(tmp_path / "layer") + blocks(keep)
+
+
+def test_unreadable_dir_is_skipped_but_rest_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    keep = write(tmp_path / "ok" / "keep", 30_000)
+    write(tmp_path / "locked" / "secret", 30_000)
+    real_scandir = os.scandir
+
+    def scandir(path: str):  # root ignores permissions, so simulate EACCES
+        if path == str(tmp_path / "locked"):
+            raise PermissionError(13, "Permission denied", path)
+        return real_scandir(path)
+
+    monkeypatch.setattr(disk.os, "scandir", scandir)
+
+    total = walk_tree_bytes(str(tmp_path))
+
+    # Like du: the unreadable dir's own blocks count, its contents cannot.
+    expected = sum(blocks(p) for p in (tmp_path, tmp_path / "ok", keep, tmp_path / "locked"))
+    assert total == expected
+
+
+def _write_exe(path: Path, script: str) -> None:
+    path.write_text(script)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+
+
+def test_du_partial_total_is_accepted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GNU du exits 1 when files vanished under it but still prints what it counted.
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    _write_exe(bindir / "du", '#!/bin/sh\necho "du: cannot access x" >&2\nprintf "12345\\t$5\\n"\nexit 1\n')
+    monkeypatch.setenv("PATH", str(bindir))
+
+    assert tree_bytes(str(tmp_path)) == 12345
+
+
+def test_falls_back_when_du_missing_or_unusable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tree = tmp_path / "tree"
+    build_mixed_tree(tree)
+    expected = walk_tree_bytes(str(tree))
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+
+    monkeypatch.setenv("PATH", str(bindir))  # no du at all
+    assert du_tree_bytes(str(tree)) is None
+    assert tree_bytes(str(tree)) == expected
+
+    # A du that rejects -B1 (busybox-style usage error) must not be trusted either.
+    _write_exe(bindir / "du", '#!/bin/sh\necho "du: invalid option -- B" >&2\nexit 1\n')
+    assert du_tree_bytes(str(tree)) is None
+    assert tree_bytes(str(tree)) == expected
+
+
+@pytest.fixture
+def tmpfs_mount(tmp_path: Path) -> Iterator[Path]:
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "tree" / "merged"
+    mnt.mkdir(parents=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m,nr_inodes=0", "tmpfs", str(mnt)], capture_output=True
+    )
+    if proc.returncode:
+        pytest.skip(f"cannot mount tmpfs: {proc.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+@pytest.mark.parametrize("count", COUNTERS)
+def test_nested_mount_not_descended(tmpfs_mount: Path, count: Callable[[str], int]) -> None:
+    tree = tmpfs_mount.parent
+    write(tmpfs_mount / "container-rootfs-file", 1 << 20)
+    own = write(tree / "own", 20_000)
+
+    # The mount point entry itself resolves to the tmpfs root, so it is skipped entirely.
+    assert count(str(tree)) == blocks(tree) + blocks(own)
+
+
+def test_inode_percent_none_when_fs_has_no_inode_table() -> None:
+    stats = FsStats(total_bytes=1000, free_bytes=250, total_inodes=0, free_inodes=0)
+
+    assert stats.inode_percent is None
+    assert stats.block_percent == pytest.approx(75.0)
+    assert stats.percent == pytest.approx(75.0)
+
+
+def test_percent_is_the_fuller_of_blocks_and_inodes() -> None:
+    stats = FsStats(total_bytes=1000, free_bytes=900, total_inodes=100, free_inodes=5)
+
+    assert stats.used_inodes == 95
+    assert stats.inode_percent == pytest.approx(95.0)
+    assert stats.percent == pytest.approx(95.0)
+
+
+def test_reserved_blocks_are_neither_used_nor_available() -> None:
+    # 1000 total, 100 reserved for root, 300 available: df shows Used 600, Use% 600/900.
+    stats = FsStats(total_bytes=1000, free_bytes=300, total_inodes=10, free_inodes=10, reserved_bytes=100)
+
+    assert stats.used_bytes == 600
+    assert stats.block_percent == pytest.approx(100 * 600 / 900)
+
+
+def test_zero_sized_filesystem_does_not_divide_by_zero() -> None:
+    assert FsStats(0, 0, 0, 0).percent == 0.0
+
+
+def _df_percent(column: str, path: str) -> float:
+    out = subprocess.run(
+        ["df", f"--output={column}", path], capture_output=True, text=True, check=True
+    ).stdout
+    return float(out.splitlines()[1].strip().rstrip("%"))
+
+
+@pytest.mark.skipif(shutil.which("df") is None, reason="df not installed")
+@pytest.mark.parametrize("where", ["tmp", "root"])
+def test_percentages_match_df(tmp_path: Path, where: str) -> None:
+    path = str(tmp_path) if where == "tmp" else "/"
+    try:
+        df_blocks = _df_percent("pcent", path)
+        df_inodes = _df_percent("ipcent", path)
+    except (subprocess.CalledProcessError, ValueError):
+        pytest.skip("df without --output (not GNU coreutils)")
+    stats = fs_stats(path)
+
+    # df rounds up; the disk may change a little between the two readings.
+    assert abs(stats.block_percent - df_blocks) <= 1
+    assert stats.inode_percent is not None
+    assert abs(stats.inode_percent - df_inodes) <= 1
+
+
+def test_fs_without_inode_table_reads_as_blocks_only(tmpfs_mount: Path) -> None:
+    # tmpfs with nr_inodes=0 reports f_files=0 like btrfs; `df -i` shows "-" for it.
+    write(tmpfs_mount / "data", 1 << 20)
+
+    stats = fs_stats(str(tmpfs_mount))
+
+    assert stats.total_bytes == 4 << 20
+    assert stats.total_inodes == 0
+    assert stats.inode_percent is None
+    assert stats.percent == stats.block_percent == pytest.approx(25.0)

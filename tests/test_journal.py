@@ -1,0 +1,94 @@
+"""The journal decisions, case by case: what a (re)starting agent writes to the node."""
+
+import json
+
+import pytest
+
+from fsm_cleaner import journal
+from fsm_cleaner.journal import ANNOTATION, LEGACY_ANNOTATION, Journal, NodeView
+
+
+def node(unschedulable: bool, state: str | None = None, ours: bool = False, was: bool = False,
+         raw: str | None = None, legacy: bool = False, **other: str) -> NodeView:
+    annotations = dict(other)
+    if state is not None:
+        annotations[ANNOTATION] = Journal(state, ours, was, "2026-11-29T10:00:00Z", "pod-a").encode()
+    if raw is not None:
+        annotations[ANNOTATION] = raw
+    if legacy:
+        annotations[LEGACY_ANNOTATION] = "true"
+    return NodeView("n1", "7", unschedulable, annotations)
+
+
+def idle(p: journal.Patch) -> bool:
+    return json.loads(p.annotations[ANNOTATION])["state"] == "Idle"
+
+
+# case, node, expected unschedulable in the patch (None: left alone), expected journal write
+RELEASE_CASES = [
+    ("no journal: start normally", node(False), "no patch", None),
+    ("no journal, admin cordon: start normally", node(True), "no patch", None),
+    ("journal Idle", node(False, "Idle"), "no patch", None),
+    ("journal Measuring", node(True, "Measuring"), "no patch", None),
+    ("died while pruning, our cordon: uncordon", node(True, "PruningAll", ours=True), False, "Idle"),
+    ("died in Cordoning, our cordon: uncordon", node(True, "Cordoning", ours=True), False, "Idle"),
+    ("died in Uncordoning before it landed", node(True, "Uncordoning", ours=True), False, "Idle"),
+    ("admin cordon before the cycle: left alone", node(True, "PruningDangling", was=True), None, "Idle"),
+    ("someone uncordoned meanwhile: only mark Idle", node(False, "PruningAll", ours=True), None, "Idle"),
+    ("old cleaner's cordon: uncordon, drop its annotation", node(True, legacy=True), False, None),
+    ("old cleaner's annotation on a schedulable node", node(False, legacy=True), None, None),
+]
+
+
+@pytest.mark.parametrize("case,view,unschedulable,state", RELEASE_CASES, ids=[c[0] for c in RELEASE_CASES])
+def test_release_decision(case: str, view: NodeView, unschedulable, state) -> None:
+    patch = journal.release(view, "pod-b", "2026-11-29T11:00:00Z")
+    if unschedulable == "no patch":
+        assert patch is None
+        return
+    assert patch is not None
+    assert patch.unschedulable is unschedulable
+    if state:
+        assert idle(patch)
+    else:
+        assert ANNOTATION not in patch.annotations
+    if LEGACY_ANNOTATION in view.annotations:
+        assert patch.annotations[LEGACY_ANNOTATION] is None  # removed
+    assert patch.why
+
+
+def test_unreadable_journal_is_left_alone() -> None:
+    view = node(True, raw="{not json")
+    assert journal.release(view, "pod-b", "t") is None
+    with pytest.raises(journal.JournalError, match="not json"):
+        view.journal()
+
+
+@pytest.mark.parametrize("raw", ['"Idle"', '{"state": "Idle"}', '{"state": 1, "cordoned_by_us": true, '
+                                 '"was_unschedulable": false, "since": "x"}', "[]"])
+def test_decode_rejects_what_it_cannot_trust(raw: str) -> None:
+    with pytest.raises(journal.JournalError):
+        journal.decode(raw)
+
+
+def test_cordon_takes_the_node_only_when_schedulable() -> None:
+    mine = journal.cordon(node(False, "Idle"), "pod-a", "t")
+    assert mine.unschedulable is True
+    assert journal.decode(mine.annotations[ANNOTATION]).cordoned_by_us is True
+
+    theirs = journal.cordon(node(True), "pod-a", "t")
+    assert theirs.unschedulable is None  # the admin's cordon is not touched
+    entry = journal.decode(theirs.annotations[ANNOTATION])
+    assert (entry.cordoned_by_us, entry.was_unschedulable) == (False, True)
+
+
+def test_advance_keeps_the_cordon_owner() -> None:
+    after_cordon = node(True, "Cordoning", ours=True)
+    step = journal.decode(journal.advance(after_cordon, "PruningAll", "pod-a", "t").annotations[ANNOTATION])
+    assert (step.state, step.cordoned_by_us, step.was_unschedulable) == ("PruningAll", True, False)
+    assert journal.advance(after_cordon, "PruningAll", "pod-a", "t").unschedulable is None
+
+
+def test_journal_round_trip() -> None:
+    entry = Journal("PruningDangling", True, False, "2026-11-29T10:00:00Z", "pod-a")
+    assert journal.decode(entry.encode()) == entry
