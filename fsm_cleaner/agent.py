@@ -49,6 +49,7 @@ class Cycle:
     cordon_seconds: float = 0.0
     dangling_found: bool = False
     failed: str | None = None
+    stopped: bool = False  # cut short by SIGTERM/SIGINT
 
 
 class Agent:
@@ -205,6 +206,7 @@ class Agent:
                 continue
             except StopRequested:
                 log.warning("stop requested: no new removals; handing the node back")
+                self.cycle.stopped = True
                 trigger = "stop"
                 continue
             if self.state in ("Idle", "Stopped"):
@@ -367,7 +369,8 @@ class Agent:
         log.log(logging.ERROR if c.failed else logging.INFO,
                 "cycle %s: usage %s -> %s; %s %s and %d inodes (Docker reports %s); %s %d containers "
                 "and %d images; node cordoned %.1f s; took %.1f s",
-                f"FAILED ({c.failed})" if c.failed else ("dry run" if self.cfg.dry_run else "done"),
+                f"FAILED ({c.failed})" if c.failed else "stopped early" if c.stopped
+                else "dry run" if self.cfg.dry_run else "done",
                 plan.describe(c.first_usage, self.cfg), plan.describe(c.usage, self.cfg), verb,
                 plan.human_bytes(freed), inodes, plan.human_bytes(c.reported_bytes),
                 "would remove" if self.cfg.dry_run else "removed", c.containers, c.images,
