@@ -24,5 +24,14 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[test]'
+# Reinstall only when the package metadata changed; show pip's output only when it fails.
+stamp=".venv/.fsm-cleaner-installed"
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  log=$(mktemp)
+  if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e '.[test]'; } >"$log" 2>&1; then
+    cat "$log"; rm -f "$log"; echo "setup: pip install failed" >&2; exit 1
+  fi
+  rm -f "$log"
+  echo "$want" >"$stamp"
+fi

@@ -1,0 +1,413 @@
+"""deploy/: the kustomize base and the BinderHub overlay, checked offline.
+
+Rendering: ``kubectl kustomize`` (or a ``kustomize`` binary) when one is on PATH; otherwise a small
+pure-Python renderer that handles exactly what deploy/ uses (``resources`` files and folders, and
+``patches`` holding JSON 6902 ops) and refuses anything else. When kubectl is there too, the two are
+checked to agree, so the fallback stays honest.
+
+Validation: every rendered object against the Kubernetes OpenAPI schemas that the
+``kubernetes-validate`` package ships (the newest version it has, strict: unknown fields are errors).
+No cluster and no network are used.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from fsm_cleaner import cli, config
+
+REPO = Path(__file__).resolve().parents[1]
+DEPLOY = REPO / "deploy"
+KUSTOMIZATIONS = {"base": DEPLOY, "binderhub": DEPLOY / "overlays" / "binderhub"}
+NEW, OLD = config.NEW_PREFIX, config.OLD_PREFIX
+DOCKER_ENV = {"DOCKER_HOST"}  # read by the docker SDK (docker.from_env), not by config.py
+CLUSTER_SCOPED = {"Namespace", "PriorityClass", "ClusterRole", "ClusterRoleBinding"}
+
+
+# --- rendering -----------------------------------------------------------------------------------
+def kustomize_command() -> list[str] | None:
+    if shutil.which("kubectl"):
+        return ["kubectl", "kustomize"]
+    if shutil.which("kustomize"):
+        return ["kustomize", "build"]
+    return None
+
+
+def render_with_kustomize(path: Path) -> list[dict[str, Any]]:
+    command = kustomize_command()
+    assert command is not None
+    out = subprocess.run([*command, str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
+def render_offline(path: Path) -> list[dict[str, Any]]:
+    """kustomize build, for the subset of kustomization.yaml that deploy/ uses."""
+    k = yaml.safe_load((path / "kustomization.yaml").read_text())
+    unsupported = set(k) - {"apiVersion", "kind", "resources", "patches"}
+    if unsupported:
+        raise NotImplementedError(f"{path}: render_offline does not handle {sorted(unsupported)}")
+    docs: list[dict[str, Any]] = []
+    for entry in k.get("resources", []):
+        target = (path / entry).resolve()
+        if target.is_dir():
+            docs += render_offline(target)
+        else:
+            docs += [d for d in yaml.safe_load_all(target.read_text()) if d]
+    for patch in k.get("patches", []):
+        if set(patch) != {"path", "target"}:
+            raise NotImplementedError(f"{path}: only file patches with a target are handled: {patch}")
+        ops = yaml.safe_load((path / patch["path"]).read_text())
+        if not isinstance(ops, list):
+            raise NotImplementedError(f"{path}: only JSON 6902 patches are handled: {patch['path']}")
+        matched = [d for d in docs if _targets(patch["target"], d)]
+        assert matched, f"{path}: patch {patch['path']} matches nothing"
+        for doc in matched:
+            json_patch(doc, ops)
+    return docs
+
+
+def _targets(target: dict[str, str], doc: dict[str, Any]) -> bool:
+    group, _, version = doc["apiVersion"].rpartition("/")
+    wanted = {"group": group, "version": version, "kind": doc["kind"], "name": doc["metadata"]["name"]}
+    if set(target) - set(wanted):
+        raise NotImplementedError(f"patch target fields {sorted(set(target) - set(wanted))}")
+    return all(wanted[key] == value for key, value in target.items())
+
+
+def json_patch(doc: Any, ops: list[dict[str, Any]]) -> None:
+    """RFC 6902 add / remove / replace / test, in place."""
+    for op in ops:
+        *parents, last = [t.replace("~1", "/").replace("~0", "~") for t in op["path"].split("/")[1:]]
+        node = doc
+        for token in parents:
+            node = node[int(token)] if isinstance(node, list) else node[token]
+        key: Any = last
+        if isinstance(node, list):
+            key = len(node) if last == "-" else int(last)
+        kind = op["op"]
+        if kind == "test":
+            assert node[key] == op["value"], f"test failed at {op['path']}: {node[key]!r}"
+        elif kind == "remove":
+            del node[key]
+        elif kind == "replace":
+            node[key]  # noqa: B018 - must exist
+            node[key] = copy.deepcopy(op["value"])
+        elif kind == "add" and isinstance(node, list):
+            node.insert(key, copy.deepcopy(op["value"]))
+        elif kind == "add":
+            node[key] = copy.deepcopy(op["value"])
+        else:
+            raise NotImplementedError(f"JSON patch op {kind!r}")
+
+
+def render(path: Path) -> list[dict[str, Any]]:
+    return render_with_kustomize(path) if kustomize_command() else render_offline(path)
+
+
+def by_key(docs: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    keys = [(d["kind"], d["metadata"].get("namespace", ""), d["metadata"]["name"]) for d in docs]
+    assert len(set(keys)) == len(keys), f"duplicate objects: {keys}"
+    return dict(zip(keys, docs, strict=True))
+
+
+def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+@pytest.fixture(scope="module", params=sorted(KUSTOMIZATIONS))
+def rendered(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
+    return request.param, render(KUSTOMIZATIONS[request.param])
+
+
+def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    containers = one(docs, "DaemonSet")["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["fsm-cleaner"]
+    return containers[0]
+
+
+def container_env(docs: list[dict[str, Any]]) -> dict[str, str | None]:
+    """The environment the agent starts with: envFrom the ConfigMap, then env (which wins).
+
+    A downward-API variable maps to None: its value is only known on the node."""
+    c = container(docs)
+    configmaps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
+    env: dict[str, str | None] = {}
+    for source in c.get("envFrom", []):
+        assert set(source) == {"configMapRef"}, source
+        env.update(configmaps[source["configMapRef"]["name"]])
+    for var in c.get("env", []):
+        env[var["name"]] = var.get("value")
+    return env
+
+
+# --- tests ---------------------------------------------------------------------------------------
+def test_renders_the_expected_objects(rendered):
+    _, docs = rendered
+    assert sorted(by_key(docs)) == sorted([
+        ("ClusterRole", "", "fsm-cleaner"),
+        ("ClusterRoleBinding", "", "fsm-cleaner"),
+        ("ConfigMap", "fsm-cleaner", "fsm-cleaner-config"),
+        ("DaemonSet", "fsm-cleaner", "fsm-cleaner"),
+        ("Namespace", "", "fsm-cleaner"),
+        ("PriorityClass", "", "fsm-cleaner"),
+        ("ServiceAccount", "fsm-cleaner", "fsm-cleaner"),
+    ])
+    for doc in docs:
+        namespaced = doc["kind"] not in CLUSTER_SCOPED
+        assert ("namespace" in doc["metadata"]) == namespaced, doc["kind"]
+
+
+@pytest.mark.skipif(kustomize_command() is None, reason="neither kubectl nor kustomize on PATH")
+@pytest.mark.parametrize("name", sorted(KUSTOMIZATIONS))
+def test_offline_renderer_agrees_with_kustomize(name):
+    assert by_key(render_offline(KUSTOMIZATIONS[name])) == by_key(render_with_kustomize(KUSTOMIZATIONS[name]))
+
+
+def test_validates_against_the_kubernetes_schemas(rendered):
+    _, docs = rendered
+    version = kubernetes_validate.latest_version()  # e.g. "1.37.0": the newest schemas it ships
+    for doc in docs:
+        # strict: a field the schema does not know is an error, not ignored
+        validated = kubernetes_validate.validate(doc, version, strict=True)
+        assert version.startswith(validated + "."), (version, validated)
+
+
+def test_strict_validation_rejects_a_misspelt_field(rendered):
+    _, docs = rendered
+    ds = copy.deepcopy(one(docs, "DaemonSet"))
+    ds["spec"]["template"]["spec"]["containers"][0]["securityContxt"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(ds, kubernetes_validate.latest_version(), strict=True)
+
+
+# Kubernetes client method verbs -> RBAC verbs.
+CLIENT_VERBS = {"read": "get", "list": "list", "create": "create", "patch": "patch", "replace": "update",
+                "delete": "delete", "watch": "watch"}
+
+
+def api_calls_in_code() -> set[str]:
+    """Names of the Kubernetes client methods fsm_cleaner/kube.py calls (``self.api.<method>(``)."""
+    tree = ast.parse((REPO / "fsm_cleaner" / "kube.py").read_text())
+    calls = set()
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Attribute) and node.func.value.attr == "api"):
+            calls.add(node.func.attr)
+    return calls
+
+
+def rbac_rule_for(method: str) -> tuple[str, str, str]:
+    """CoreV1Api method -> (apiGroup, resource, verb): create_namespaced_event -> ("", events, create)."""
+    match = re.fullmatch(r"([a-z]+)_(?:namespaced_)?([a-z_]+?)(_status)?", method)
+    assert match and match[1] in CLIENT_VERBS, f"unknown Kubernetes client method {method}"
+    resource = match[2] + "s" + ("/status" if match[3] else "")
+    return "", resource, CLIENT_VERBS[match[1]]
+
+
+def imports_the_kubernetes_client(source: str) -> bool:
+    """True when a module could make API calls of its own (its exception classes do not count)."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            if node.module == "kubernetes" and any(a.name == "client" for a in node.names):
+                return True
+            if node.module.startswith("kubernetes.client") and node.module != "kubernetes.client.exceptions":
+                return True
+        if isinstance(node, ast.Import) and any(a.name.startswith("kubernetes.client") for a in node.names):
+            return True
+    return False
+
+
+def test_code_calls_the_kubernetes_api_only_through_kube_py():
+    assert api_calls_in_code() == {"read_node", "patch_node", "create_namespaced_event"}
+    for module in (REPO / "fsm_cleaner").glob("*.py"):
+        if module.name != "kube.py":
+            assert not imports_the_kubernetes_client(module.read_text()), module.name
+
+
+def test_rbac_is_exactly_what_the_code_calls(rendered):
+    _, docs = rendered
+    expected = {rbac_rule_for(m) for m in api_calls_in_code()}
+    assert expected == {("", "nodes", "get"), ("", "nodes", "patch"), ("", "events", "create")}
+    granted = set()
+    for rule in one(docs, "ClusterRole")["rules"]:
+        assert set(rule) == {"apiGroups", "resources", "verbs"}, "no resourceNames, nonResourceURLs"
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
+                    assert "*" not in (group, resource, verb), f"wildcard in {rule}"
+                    granted.add((group, resource, verb))
+    assert granted == expected
+    assert not [d for d in docs if d["kind"] in ("Role", "RoleBinding")]
+
+    binding = one(docs, "ClusterRoleBinding")
+    account = one(docs, "ServiceAccount")
+    ds = one(docs, "DaemonSet")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": one(docs, "ClusterRole")["metadata"]["name"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"],
+                                    "namespace": account["metadata"]["namespace"]}]
+    assert ds["spec"]["template"]["spec"]["serviceAccountName"] == account["metadata"]["name"]
+    assert ds["metadata"]["namespace"] == account["metadata"]["namespace"]
+
+
+def test_every_env_name_is_read_and_every_setting_is_shown(rendered):
+    _, docs = rendered
+    known = {name for s in config.SETTINGS for name in s.env_names} | DOCKER_ENV
+    env = container_env(docs)
+    configmap = one(docs, "ConfigMap")["data"]
+    names = set(env) | set(configmap)
+    assert names <= known, f"not read by fsm-cleaner: {sorted(names - known)}"
+    for setting in config.SETTINGS:
+        shown = [n for n in setting.env_names if n in names]
+        assert shown, f"setting {setting.name} is not shown in deploy/"
+        assert len(shown) == 1, f"{setting.name} is set twice, {shown}: the new name would win silently"
+    assert "DOCKER_HOST" in env
+    # NODE_NAME comes from the downward API, never from the ConfigMap
+    node_name = [v for v in container(docs)["env"] if v["name"] in config.BY_NAME["NODE_NAME"].env_names]
+    assert node_name == [{"name": NEW + "NODE_NAME",
+                          "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]
+
+
+def test_base_configmap_shows_every_default_by_its_new_name():
+    docs = render(KUSTOMIZATIONS["base"])
+    data = one(docs, "ConfigMap")["data"]
+    expected = {NEW + s.name: s.default or "" for s in config.SETTINGS if s.name != "NODE_NAME"}
+    assert data == expected
+
+
+def _mounts(docs: list[dict[str, Any]]) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """mountPath -> (volumeMount, volume)."""
+    volumes = {v["name"]: v for v in one(docs, "DaemonSet")["spec"]["template"]["spec"]["volumes"]}
+    return {m["mountPath"]: (m, volumes[m["name"]]) for m in container(docs)["volumeMounts"]}
+
+
+def test_effective_settings_match_the_mounts_and_load(rendered, tmp_path):
+    name, docs = rendered
+    env = container_env(docs)
+    env_for_config = {k: v for k, v in env.items() if v is not None}
+    effective = {s.name: config.raw(s.name, env_for_config) for s in config.SETTINGS}
+    mounts = _mounts(docs)
+
+    # the measured path is the node's Docker data root, read-only
+    mount, volume = mounts[effective["PATH_TO_CHECK"]]
+    assert mount.get("readOnly") is True and volume["hostPath"]["type"] == "Directory"
+    # DOCKER_HOST is a unix socket on a hostPath mount: the socket itself, or its folder
+    assert env["DOCKER_HOST"].startswith("unix://")
+    socket = env["DOCKER_HOST"].removeprefix("unix://")
+    mount, volume = mounts.get(socket) or mounts[os.path.dirname(socket)]
+    assert "hostPath" in volume and not mount.get("readOnly")
+    if mount["mountPath"] == socket:
+        assert volume["hostPath"]["type"] == "Socket"
+    # the heartbeat lives on the one writable volume, kept in memory (works on a full disk)
+    mount, volume = mounts[os.path.dirname(effective["HEARTBEAT_FILE"])]
+    assert volume["emptyDir"]["medium"] == "Memory" and not mount.get("readOnly")
+
+    # every value is one the agent accepts (only the path is swapped: it exists on nodes, not here)
+    cfg = config.load(env_for_config, PATH_TO_CHECK=str(tmp_path))
+    assert cfg.dry_run is False and cfg.threshold_type == "relative"
+
+    if name == "binderhub":  # the old names are the ones in force
+        assert effective["PATH_TO_CHECK"] == "/var/lib/dind/docker"
+        assert env["DOCKER_HOST"] == "unix:///var/run/dind/docker.sock"
+        for setting, value in {"PATH_TO_CHECK": "/var/lib/dind/docker", "DELAY_SECONDS": "5",
+                               "THRESHOLD_HIGH": "80", "THRESHOLD_LOW": "60"}.items():
+            assert env.get(OLD + setting) == value and NEW + setting not in env
+            assert effective[setting] == value
+        assert (cfg.delay_seconds, cfg.threshold_high, cfg.threshold_low) == (5, 80, 60)
+
+
+def test_grace_period_exceeds_the_stop_bound(rendered):
+    _, docs = rendered
+    grace = one(docs, "DaemonSet")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    env = {k: v for k, v in container_env(docs).items() if v is not None}
+    assert grace > float(config.BY_NAME["STOP_TIMEOUT_SECONDS"].default)
+    assert grace > float(config.raw("STOP_TIMEOUT_SECONDS", env))
+    assert "FSM_CLEANER_STOP_TIMEOUT_SECONDS" in (DEPLOY / "base" / "daemonset.yaml").read_text()
+
+
+def test_daemonset_is_hardened_and_probed(rendered):
+    _, docs = rendered
+    ds = one(docs, "DaemonSet")
+    pod = ds["spec"]["template"]["spec"]
+    c = container(docs)
+
+    labels = ds["spec"]["template"]["metadata"]["labels"]
+    assert ds["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert ds["spec"]["updateStrategy"]["type"] == "RollingUpdate"
+    assert ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"]
+
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["securityContext"]["runAsUser"] == 0  # the Docker socket: see the comment in daemonset.yaml
+    assert not (pod.get("hostNetwork") or pod.get("hostPID") or pod.get("hostIPC"))
+    sc = c["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc.get("privileged") is not True
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+
+    assert {"operator": "Exists"} in pod["tolerations"]
+    priority = pod["priorityClassName"]
+    classes = [d["metadata"]["name"] for d in docs if d["kind"] == "PriorityClass"]
+    assert priority in classes or priority == "system-node-critical"
+
+    assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
+    assert c["resources"]["limits"]["memory"]
+
+    probe = c["livenessProbe"]
+    assert probe["exec"]["command"] == ["fsm-cleaner", "healthcheck"]
+    subcommands = next(a for a in cli._parser()._actions if a.dest == "command").choices
+    assert "healthcheck" in subcommands
+    # one slow probe (a Python start on a loaded node) must not restart the agent
+    assert probe["timeoutSeconds"] >= 5 and probe["failureThreshold"] >= 2
+
+    project = _pyproject()
+    assert c["image"].rsplit(":", 1) == [project["name"], project["version"]]
+
+
+def _pyproject() -> dict[str, Any]:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+
+def uninstall_check_command() -> str:
+    """The one-liner of deploy/README.md that lists nodes the agent still holds cordoned."""
+    text = (DEPLOY / "README.md").read_text()
+    lines = [line for line in text.splitlines() if line.startswith("kubectl get nodes -o jsonpath=")]
+    assert len(lines) == 1, "deploy/README.md should hold one `kubectl get nodes -o jsonpath=` line"
+    return lines[0]
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not on PATH")
+def test_readme_uninstall_check_finds_nodes_still_cordoned_by_the_agent(tmp_path):
+    from tests.fakekube import FakeKube
+
+    def journal(cordoned_by_us: bool, state: str) -> str:
+        return json.dumps({"cordoned_by_us": cordoned_by_us, "holder": "fsm-cleaner-x", "state": state,
+                           "since": "2025-01-01T00:00:00Z", "was_unschedulable": False},
+                          sort_keys=True, separators=(",", ":"))
+
+    with FakeKube() as fake:
+        fake.add_node("held", unschedulable=True,
+                      annotations={"fsm-cleaner/state": journal(True, "PruningAll")})
+        fake.add_node("handed-back", annotations={"fsm-cleaner/state": journal(False, "Idle")})
+        fake.add_node("never-cleaned")
+        kubeconfig = fake.kubeconfig(tmp_path / "kubeconfig")
+        out = subprocess.run(uninstall_check_command(), shell=True, capture_output=True, text=True,
+                             timeout=60, env={**os.environ, "KUBECONFIG": str(kubeconfig)})
+    assert out.returncode == 0, out.stderr
+    assert [line.split("\t")[0] for line in out.stdout.splitlines()] == ["held"]
