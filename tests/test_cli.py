@@ -1,0 +1,53 @@
+"""The commands an operator types: status, and the documentation of every setting."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from fsm_cleaner.config import SETTINGS
+from fsm_cleaner.journal import ANNOTATION, LEGACY_ANNOTATION, Journal
+from tests.conftest import NODE, REPO, agent_env
+from tests.fakekube import FakeKube
+
+
+def status(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fsm_cleaner", "status", *args],
+                          env=agent_env(None, tmp_path), capture_output=True, text=True, cwd=REPO, timeout=60)
+
+
+def test_status_shows_the_journal_for_the_on_call_engineer(cluster: FakeKube, tmp_path) -> None:
+    entry = Journal("PruningAll", True, False, "2026-11-29T03:00:00Z", "fsm-cleaner-x7k2p")
+
+    def cordoned_mid_cycle(node: dict) -> None:
+        node["spec"]["unschedulable"] = True
+        node["metadata"]["annotations"].update({ANNOTATION: entry.encode(), LEGACY_ANNOTATION: "true"})
+
+    cluster.mutate(NODE, cordoned_mid_cycle)
+    out = status(tmp_path, "--diagram", str(tmp_path / "now.mmd"))
+    assert out.returncode == 0, out.stderr
+    assert "schedulable:  no (cordoned)" in out.stdout
+    assert "PruningAll since 2026-11-29T03:00:00Z" in out.stdout and "fsm-cleaner-x7k2p" in out.stdout
+    assert "cordoned by fsm-cleaner: yes" in out.stdout
+    assert LEGACY_ANNOTATION in out.stdout
+    assert "class PruningAll current" in (tmp_path / "now.mmd").read_text()
+
+
+def test_status_says_when_the_journal_cannot_be_read(cluster: FakeKube, tmp_path) -> None:
+    cluster.mutate(NODE, lambda n: n["metadata"]["annotations"].update({ANNOTATION: "{half"}))
+    out = status(tmp_path)
+    assert out.returncode == 0
+    assert "UNREADABLE" in out.stdout and "{half" in out.stdout
+
+
+def test_status_without_a_node_name_is_a_configuration_error(tmp_path) -> None:
+    out = subprocess.run([sys.executable, "-m", "fsm_cleaner", "status"], capture_output=True, text=True,
+                         env=agent_env(None, tmp_path, node=False), cwd=REPO, timeout=60)
+    assert out.returncode == 2
+    assert "NODE_NAME" in out.stderr and "accepted:" in out.stderr
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    readme = (REPO / "README.md").read_text()
+    missing = [s.name for s in SETTINGS if f"`{s.name}`" not in readme]
+    assert not missing, f"README.md's configuration table lacks {missing}"
