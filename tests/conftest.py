@@ -1,7 +1,8 @@
 """Shared fixtures: the real dockerd test bed, the fake API server, and the agent as a subprocess.
 
-Against a real cluster: set FSM_TEST_KUBECONFIG and FSM_TEST_NODE (a node the tests may cordon);
-tests that need the fake's fault injection or request log are skipped there.
+Against a real cluster: set FSM_TEST_KUBECONFIG and FSM_TEST_NODE (a node the tests may cordon and
+annotate; it is uncordoned and its fsm-cleaner annotations removed around each test). The checks that
+need the fake's fault injection or request log are skipped there.
 """
 
 from __future__ import annotations
@@ -50,14 +51,57 @@ def docker_bed(bed: DockerBed) -> DockerBed:
     return bed
 
 
+class RealCluster:
+    """The `cluster` fixture's face on a real cluster: the node FSM_TEST_NODE, reset around each test.
+
+    It offers what the fake offers for reading and writing the node; no request log, no faults.
+    """
+
+    def __init__(self, kubeconfig: str):
+        from kubernetes import client, config
+
+        self.api = client.CoreV1Api(config.new_client_from_config(config_file=kubeconfig))
+
+    def node(self, name: str) -> dict:
+        return self.api.api_client.sanitize_for_serialization(self.api.read_node(name))
+
+    def mutate(self, name: str, fn: Any) -> dict:
+        node = self.node(name)
+        node = fn(node) or node
+        return self.api.replace_node(name, node)
+
+    def reset(self, name: str) -> None:
+        def clean(node: dict) -> None:
+            node["spec"]["unschedulable"] = False
+            annotations = node["metadata"].setdefault("annotations", {})
+            annotations.pop(ANNOTATION, None)
+            annotations.pop("hub.jupyter.org/image-cleaner-cordoned", None)
+            annotations["team"] = "ml"
+            node["metadata"].setdefault("labels", {})["fsm-test/keep"] = "yes"
+
+        self.mutate(name, clean)
+
+
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[FakeKube]:
+def cluster(tmp_path: Path) -> Iterator[FakeKube | RealCluster]:
+    """The fake API server with node-1; or, with FSM_TEST_KUBECONFIG set, the real cluster's node."""
     if REAL_CLUSTER:
-        pytest.skip("this test needs the fake API server (fault injection, request log)")
+        real = RealCluster(os.environ["FSM_TEST_KUBECONFIG"])
+        real.reset(NODE)
+        yield real
+        real.reset(NODE)
+        return
     with FakeKube() as fake:
-        fake.add_node(NODE, labels={"kubernetes.io/hostname": NODE}, annotations={"team": "ml"})
+        fake.add_node(NODE, labels={"fsm-test/keep": "yes"}, annotations={"team": "ml"})
         fake.kubeconfig(tmp_path / "kubeconfig")
         yield fake
+
+
+def needs_fake(cluster: FakeKube | RealCluster) -> FakeKube:
+    """For the checks that need the fake's request log or fault injection; skipped on a real cluster."""
+    if not isinstance(cluster, FakeKube):
+        pytest.skip("needs the fake API server (request log, fault injection)")
+    return cluster
 
 
 @dataclass
