@@ -18,7 +18,7 @@ from . import disk, journal, machine, plan
 from .config import Config
 from .docker_runtime import Docker, Removed
 from .journal import ANNOTATION, JournalError, NodeView, Patch
-from .kube import REQUEST_TIMEOUT, Kube, NodeGone
+from .kube import EVENT_TIMEOUT, REQUEST_TIMEOUT, Kube, NodeGone
 from .retry import policy, short_error
 
 log = logging.getLogger("fsm_cleaner")
@@ -104,10 +104,11 @@ class Agent:
             log.info("%s: nothing to cordon", "dry run" if self.cfg.dry_run else "no cluster")
             return
         self.owes_uncordon_flag = True
-        patch = self._write_node("Cordoning", lambda n: journal.cordon(n, self.holder, journal.now_rfc3339()))
-        self.kube.event("Cordoned" if patch and patch.unschedulable else "CleanupStarted",
-                        f"fsm-cleaner: {patch.why if patch else 'cordon'}; usage "
-                        f"{plan.describe(self.cycle.usage, self.cfg)}")
+        patch = self._write_node("Cordoning", lambda n: None if self._keep_unreadable(n)
+                                 else journal.cordon(n, self.holder, journal.now_rfc3339()))
+        self._event("Cordoned" if patch and patch.unschedulable else "CleanupStarted",
+                    f"fsm-cleaner: {patch.why if patch else 'unreadable journal: node left as it is'}; "
+                    f"usage {plan.describe(self.cycle.usage, self.cfg)}")
 
     def on_enter_PruningContainers(self, _: Any) -> None:
         self._journal_step("PruningContainers")
@@ -172,7 +173,8 @@ class Agent:
                          plan.describe(self.cfg.threshold_high, self.cfg))
         elif source == "Uncordoning" and self.cycle.before is not None:
             self._summary()
-        if self.journal_unreadable and not self.cycle.failed and self.kube and not self.cfg.dry_run:
+        if (self.journal_unreadable and source in ("Measuring", "Uncordoning") and not self.cycle.failed
+                and self.kube and not self.cfg.dry_run):  # only once a cycle of ours has succeeded
             with contextlib.suppress(StepFailed):  # try again after the next cycle
                 self._write_node("Idle", self._idle_journal)
 
@@ -287,6 +289,18 @@ class Agent:
         left = max(0.5, self.stop_deadline - time.monotonic())
         return (min(REQUEST_TIMEOUT[0], left), min(REQUEST_TIMEOUT[1], left))
 
+    def _event(self, reason: str, message: str, warning: bool = False) -> None:
+        """Best effort, and within the stop bound: once stopping, the Event gets what time is left."""
+        assert self.kube is not None
+        timeout: tuple[float, float] = EVENT_TIMEOUT
+        if self.stop_deadline is not None:
+            left = self.stop_deadline - time.monotonic()
+            if left < 0.5:
+                log.debug("no time left for event %s", reason)
+                return
+            timeout = (min(EVENT_TIMEOUT[0], left), min(EVENT_TIMEOUT[1], left))
+        self.kube.event(reason, message, warning, timeout)
+
     def _write_node(self, step: str, decide: Callable[[NodeView], Patch | None],
                     *, patient: bool = False) -> Patch | None:
         """Read the node, decide, write with a resourceVersion precondition; a 409 re-reads."""
@@ -315,7 +329,20 @@ class Agent:
 
     def _journal_step(self, state: str) -> None:
         if self.kube is not None and not self.cfg.dry_run:
-            self._write_node(state, lambda n: journal.advance(n, state, self.holder, journal.now_rfc3339()))
+            self._write_node(state, lambda n: None if self._keep_unreadable(n)
+                             else journal.advance(n, state, self.holder, journal.now_rfc3339()))
+
+    def _keep_unreadable(self, node: NodeView) -> bool:
+        """An unreadable journal on an unschedulable node stays as found until a cycle succeeds: such
+        a cycle cordons nothing, so it has nothing to journal (a crash leaves the node as it was)."""
+        if not node.unschedulable:
+            return False  # we are about to cordon: the journal must say so first
+        try:
+            node.journal()
+        except JournalError:
+            self.journal_unreadable = True
+            return True
+        return False
 
     def _release(self, step: str) -> None:
         def decide(node: NodeView) -> Patch | None:
@@ -331,9 +358,8 @@ class Agent:
         self.owes_uncordon_flag = False
         if patch is not None:
             log.info("%s: %s", step, patch.why)
-            assert self.kube is not None
-            self.kube.event("Uncordoned" if patch.unschedulable is False else "Reconciled",
-                            f"fsm-cleaner {step}: {patch.why}")
+            self._event("Uncordoned" if patch.unschedulable is False else "Reconciled",
+                        f"fsm-cleaner {step}: {patch.why}")
 
     def _idle_journal(self, node: NodeView) -> Patch:
         entry = journal.Journal("Idle", False, node.unschedulable, journal.now_rfc3339(), self.holder)
@@ -376,7 +402,7 @@ class Agent:
                 "would remove" if self.cfg.dry_run else "removed", c.containers, c.images,
                 c.cordon_seconds, time.monotonic() - c.started)
         if c.failed and self.kube is not None:
-            self.kube.event("CleanupFailed", f"fsm-cleaner cycle failed: {c.failed}", warning=True)
+            self._event("CleanupFailed", f"fsm-cleaner cycle failed: {c.failed}", warning=True)
 
     def _heartbeat(self) -> None:
         path = Path(self.cfg.heartbeat_file)

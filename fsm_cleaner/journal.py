@@ -85,12 +85,25 @@ class Patch:
 
 
 def cordon(node: NodeView, holder: str, since: str) -> Patch:
-    """Enter Cordoning: cordon unless someone else already did, and journal whose cordon it is."""
-    ours = not node.unschedulable
-    entry = Journal("Cordoning", cordoned_by_us=ours, was_unschedulable=node.unschedulable,
-                    since=since, holder=holder)
-    return Patch({ANNOTATION: entry.encode()}, unschedulable=True if ours else None,
-                 why="cordon" if ours else "node already unschedulable: left as it is")
+    """Enter Cordoning: cordon unless someone else already did, and journal whose cordon it is.
+
+    A journal already in progress here is this cycle's own earlier attempt, which landed although
+    its reply was lost (a timeout): its record of whose cordon it is stands, or the retry would take
+    our own cordon for an administrator's and leave the node cordoned after the cycle.
+    """
+    try:
+        current = node.journal()
+    except JournalError:
+        current = None
+    if current is not None and current.in_progress:
+        ours, was = current.cordoned_by_us, current.was_unschedulable
+    else:
+        ours, was = not node.unschedulable, node.unschedulable
+    entry = Journal("Cordoning", cordoned_by_us=ours, was_unschedulable=was, since=since, holder=holder)
+    take = ours and not node.unschedulable
+    return Patch({ANNOTATION: entry.encode()}, unschedulable=True if take else None,
+                 why="cordon" if take else "our cordon already in place" if ours
+                 else "node already unschedulable: left as it is")
 
 
 def advance(node: NodeView, state: str, holder: str, since: str) -> Patch:

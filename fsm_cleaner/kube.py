@@ -6,6 +6,7 @@ Three API calls, and the RBAC in deploy/ grants exactly these: nodes get, nodes 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from kubernetes import client, config
@@ -15,8 +16,19 @@ from .journal import NodeView, Patch, now_rfc3339
 
 log = logging.getLogger("fsm_cleaner")
 
+
+def _read_timeout(default: float = 15.0) -> float:
+    """FSM_CLEANER_API_READ_TIMEOUT_SECONDS: not a documented setting; the crash tests shorten it."""
+    try:
+        value = float(os.environ.get("FSM_CLEANER_API_READ_TIMEOUT_SECONDS") or default)
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
 # (connect, read) seconds: one stuck request must not eat the stop bound.
-REQUEST_TIMEOUT = (5, 15)
+REQUEST_TIMEOUT = (5, _read_timeout())
+EVENT_TIMEOUT = (2, 5)
 
 
 class NodeGone(RuntimeError):
@@ -73,7 +85,7 @@ class Kube:
                 raise NodeGone(f"node {self.node_name!r} not found") from None
             raise
 
-    def event(self, reason: str, message: str, warning: bool = False) -> None:
+    def event(self, reason: str, message: str, warning: bool = False, timeout: Any = EVENT_TIMEOUT) -> None:
         """Best effort: an Event on the node (kubectl describe node shows it); never fails a step."""
         now = now_rfc3339()
         body = {
@@ -89,6 +101,6 @@ class Kube:
             "count": 1,
         }
         try:
-            self.api.create_namespaced_event(self.events_namespace, body, _request_timeout=(2, 5))
+            self.api.create_namespaced_event(self.events_namespace, body, _request_timeout=timeout)
         except Exception as e:  # events are advisory: a cycle never fails over one
             log.debug("could not emit event %s: %s", reason, e)

@@ -92,3 +92,12 @@ def test_advance_keeps_the_cordon_owner() -> None:
 def test_journal_round_trip() -> None:
     entry = Journal("PruningDangling", True, False, "2026-11-29T10:00:00Z", "pod-a")
     assert journal.decode(entry.encode()) == entry
+
+
+def test_a_retried_cordon_keeps_its_own_record() -> None:
+    # The first attempt landed but its reply was lost (timeout): the retry reads our own cordon.
+    landed = node(True, "Cordoning", ours=True, was=False)
+    retry = journal.cordon(landed, "pod-a", "t")
+    entry = journal.decode(retry.annotations[ANNOTATION])
+    assert (entry.cordoned_by_us, entry.was_unschedulable) == (True, False)  # not "an admin's cordon"
+    assert retry.unschedulable is None  # already cordoned: spec left alone

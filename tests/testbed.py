@@ -357,6 +357,35 @@ class DockerBed:
             return False
         return self._ping()
 
+    def stop_daemon(self, grace: float = DOCKERD_STOP_GRACE_S) -> None:
+        """Stop only dockerd (SIGTERM via its pid file, like `systemctl stop docker` on a node); the
+        filesystem stays mounted with its images, and start_daemon() brings the same daemon back.
+        dockerd stops the running containers itself (no live-restore); those with a restart policy
+        are started again by start_daemon()."""
+        pid = self.dockerd_pid()
+        if pid is None:
+            raise TestbedError(f"dockerd of {self.root} is not running")
+        if not _terminate(pid, grace):
+            raise TestbedError(f"dockerd pid {pid} survived SIGKILL")
+        if self._proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=1)
+            self._proc = None
+        self.pidfile.unlink(missing_ok=True)
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
+            self._client = None
+
+    def start_daemon(self) -> None:
+        """Start dockerd again on the mounted data root after stop_daemon(); waits for /_ping."""
+        if self.dockerd_pid() is not None:
+            return
+        if not os.path.ismount(self.mountpoint):
+            raise TestbedError(f"{self.mountpoint} is not mounted; start() the bed first")
+        self._launch_dockerd(check_prerequisites()["dockerd"], self.storage_driver)
+        self._wait_ready()
+
     # ---------------------------------------------------------------- docker objects
 
     def client(self, timeout: int = 120) -> docker.DockerClient:
