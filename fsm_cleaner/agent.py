@@ -284,10 +284,11 @@ class Agent:
             self._interruptible = False
 
     def _kube_timeout(self) -> tuple[float, float]:
+        connect, read = REQUEST_TIMEOUT[0], self.cfg.api_timeout_seconds
         if self.stop_deadline is None:
-            return REQUEST_TIMEOUT
+            return connect, read
         left = max(0.5, self.stop_deadline - time.monotonic())
-        return (min(REQUEST_TIMEOUT[0], left), min(REQUEST_TIMEOUT[1], left))
+        return min(connect, left), min(read, left)
 
     def _event(self, reason: str, message: str, warning: bool = False) -> None:
         """Best effort, and within the stop bound: once stopping, the Event gets what time is left."""

@@ -44,6 +44,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("THRESHOLD_HIGH", "80", "start a cycle above this (percent, or bytes in absolute mode)", True),
     Setting("THRESHOLD_LOW", None, "stop removing at or below this; unset: the old tool's behaviour", True),
     Setting("TIMEOUT_SECONDS", "300", "Docker API timeout per call", True),
+    Setting("API_TIMEOUT_SECONDS", "15", "Kubernetes API read timeout per request", False),
     Setting("RETRY_ATTEMPTS", "5", "attempts per step before it is given up", False),
     Setting("RETRY_MAX_WAIT_SECONDS", "30", "longest backoff between two attempts", False),
     Setting("RETRY_TOTAL_SECONDS", "120", "time cap for one step's attempts", False),
@@ -68,6 +69,7 @@ class Config:
     threshold_high: float
     threshold_low: float | None
     timeout_seconds: float
+    api_timeout_seconds: float
     retry_attempts: int
     retry_max_wait_seconds: float
     retry_total_seconds: float
@@ -183,6 +185,7 @@ def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         threshold_high=high,
         threshold_low=low,
         timeout_seconds=get("TIMEOUT_SECONDS", lambda v, r: _number(v, r, minimum=1)),
+        api_timeout_seconds=get("API_TIMEOUT_SECONDS", lambda v, r: _number(v, r, minimum=0.1)),
         retry_attempts=get("RETRY_ATTEMPTS", lambda v, r: _number(v, r, minimum=1, integer=True)),
         retry_max_wait_seconds=get("RETRY_MAX_WAIT_SECONDS", _number),
         retry_total_seconds=get("RETRY_TOTAL_SECONDS", _number),

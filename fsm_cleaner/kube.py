@@ -6,7 +6,6 @@ Three API calls, and the RBAC in deploy/ grants exactly these: nodes get, nodes 
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 from kubernetes import client, config
@@ -17,17 +16,9 @@ from .journal import NodeView, Patch, now_rfc3339
 log = logging.getLogger("fsm_cleaner")
 
 
-def _read_timeout(default: float = 15.0) -> float:
-    """FSM_CLEANER_API_READ_TIMEOUT_SECONDS: not a documented setting; the crash tests shorten it."""
-    try:
-        value = float(os.environ.get("FSM_CLEANER_API_READ_TIMEOUT_SECONDS") or default)
-    except ValueError:
-        return default
-    return value if value > 0 else default
-
-
-# (connect, read) seconds: one stuck request must not eat the stop bound.
-REQUEST_TIMEOUT = (5, _read_timeout())
+# (connect, read) seconds; the agent passes FSM_CLEANER_API_TIMEOUT_SECONDS as the read part and
+# clips both to what is left of the stop bound.
+REQUEST_TIMEOUT = (5.0, 15.0)
 EVENT_TIMEOUT = (2, 5)
 
 

@@ -16,7 +16,7 @@ Pieces (all fixtures are function-scoped; the dockerd bed is the session's ``bed
   ``.testbed/crash-last-run.md`` (gitignored).
 * ``slow_du``: a `du` that hangs, to catch the agent in Measuring (absolute mode).
 
-Test settings: FSM_CLEANER_STOP_TIMEOUT_SECONDS=10, FSM_CLEANER_API_READ_TIMEOUT_SECONDS=1.5 (an
+Test settings: FSM_CLEANER_STOP_TIMEOUT_SECONDS=10, FSM_CLEANER_API_TIMEOUT_SECONDS=1.5 (an
 undocumented knob read by fsm_cleaner/kube.py), retry backoff <= 0.5 s (tests/conftest.agent_env).
 """
 
@@ -46,7 +46,7 @@ from tests.fakekube import FakeKube
 from tests.testbed import DockerBed
 
 STOP_TIMEOUT = 10  # FSM_CLEANER_STOP_TIMEOUT_SECONDS in these tests (default 25)
-API_READ_TIMEOUT = 1.5  # FSM_CLEANER_API_READ_TIMEOUT_SECONDS (default 15)
+API_READ_TIMEOUT = 1.5  # FSM_CLEANER_API_TIMEOUT_SECONDS (default 15)
 DELAY = 0.8  # DELAY_SECONDS between two image removals: PruningAll lasts ~3 pauses
 RECOVER_BOUND = 20.0  # seconds: "within a bounded time" for every case
 NODE_PATH = f"/api/v1/nodes/{NODE}"
@@ -432,7 +432,7 @@ class Scene:
             "DOCKER_IMAGE_CLEANER_THRESHOLD_HIGH": self.high,
             "DOCKER_IMAGE_CLEANER_DELAY_SECONDS": DELAY,
             "FSM_CLEANER_STOP_TIMEOUT_SECONDS": STOP_TIMEOUT,
-            "FSM_CLEANER_API_READ_TIMEOUT_SECONDS": API_READ_TIMEOUT,
+            "FSM_CLEANER_API_TIMEOUT_SECONDS": API_READ_TIMEOUT,
         }
         base.update(settings)
         return agent_env(self.bed, self.tmp, **base)
