@@ -97,6 +97,8 @@ class Agent:
                  plan.describe(self.cycle.usage, self.cfg), plan.describe(self.cfg.threshold_high, self.cfg),
                  "" if self.cfg.threshold_low is None
                  else f", target {plan.describe(self.cfg.threshold_low, self.cfg)}")
+        if self.above_high_threshold():  # no cordon for a Docker daemon that cannot prune anyway
+            self._docker("Measuring", self.docker.ping)
 
     def on_enter_Cordoning(self, _: Any) -> None:
         self.cycle.cordoned_at = time.monotonic()

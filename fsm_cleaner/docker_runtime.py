@@ -37,6 +37,9 @@ class Docker:
             self._api = self._connect()
         return self._api
 
+    def ping(self) -> None:
+        self.api.ping()
+
     def stopped_containers(self) -> Removed:
         found = self.api.containers(all=True, filters=_STOPPED, size=True)
         return Removed(len(found), sum(c.get("SizeRw") or 0 for c in found))

@@ -43,9 +43,11 @@ STATES: tuple[State, ...] = (
           "no", "Nothing to undo.", "Nothing to do: the agent is healthy while its heartbeat is fresh.",
           "Idle (none if no cycle ever ran on this node)."),
     State("Measuring", "Measuring the usage of PATH_TO_CHECK (percent of blocks or inodes, "
-          "or bytes in absolute mode).", "milliseconds (relative); seconds to minutes (absolute, du)",
+          "or bytes in absolute mode); above the high threshold, checking that Docker answers before "
+          "anything is cordoned.", "milliseconds (relative); seconds to minutes (absolute, du)",
           "no", "Nothing to undo; not journaled on the node.",
-          "A slow absolute measurement is a large tree: prefer the relative mode.",
+          "A slow absolute measurement is a large tree: prefer the relative mode. 'Measuring failed' "
+          "with a Docker error: the daemon is down; the node is left alone until it answers.",
           "Not written: still Idle (or none). Measuring changes nothing on the node."),
     State("Cordoning", "One PATCH: spec.unschedulable=true and the journal (who cordoned, was the "
           "node already unschedulable), conditional on the node's resourceVersion.",
@@ -53,7 +55,7 @@ STATES: tuple[State, ...] = (
           "The journal says Cordoning: the next start uncordons if the cordon was ours.",
           "If the API server rejects the PATCH (RBAC), the agent goes to Uncordoning and logs it.",
           "Idle until the PATCH lands, then Cordoning (cordoned_by_us false if the node was "
-          "unschedulable already)."),
+          "unschedulable already; an unreadable journal on an unschedulable node is left as found)."),
     State("PruningContainers", "Removing stopped containers (docker container prune).",
           "seconds", "yes, if the node was schedulable before the cycle",
           "The next start uncordons (journal says PruningContainers).",

@@ -195,6 +195,22 @@ def test_when_the_cordon_cannot_be_written_nothing_is_removed(docker_bed: Docker
     assert not cluster.node(NODE)["spec"].get("unschedulable")
 
 
+def test_with_docker_down_the_node_is_not_cordoned(docker_bed: DockerBed, cluster: Cluster,
+                                                    tmp_path) -> None:
+    docker_bed.build_image("app:1", 20)
+    env = above(docker_bed, tmp_path, FSM_CLEANER_RETRY_ATTEMPTS=2)
+    before = rv(cluster)
+    docker_bed.stop_daemon()
+    try:
+        run = run_agent(env)
+    finally:
+        docker_bed.start_daemon()
+    assert run.code == 1, run.log
+    assert run.states()[-2:] == ["Measuring", "Idle"]
+    assert "Measuring failed" in run.log and "cycle failed in Measuring" in run.log
+    assert rv(cluster) == before  # the node was never touched
+
+
 def test_dry_run_reports_and_touches_nothing(docker_bed: DockerBed, cluster: Cluster, tmp_path) -> None:
     image = docker_bed.build_image("app:1", 20)
     dangling = docker_bed.make_dangling(1, 1)
