@@ -130,11 +130,12 @@ class Agent:
 
     def on_enter_PruningAll(self, _: Any) -> None:
         self._journal_step("PruningAll")
-        images, in_use = self._docker("PruningAll",
-                                      lambda: (self.docker.images(), self.docker.images_in_use()))
-        order = plan.removal_order(images, in_use)
+        images, in_use, parents = self._docker("PruningAll", lambda: (
+            self.docker.images(), self.docker.images_in_use(), self.docker.image_parents()))
+        order = plan.removal_order(images, in_use, parents)
         low = self.cfg.threshold_low
-        log.info("%d of %d images are unused; removing oldest first %s", len(order), len(images),
+        log.info("%d of %d images can go; removing children before parents, oldest first, %s",
+                 len(order), len(images),
                  "until usage is at or below the target" if low is not None
                  else "all of them (THRESHOLD_LOW unset, as docker-image-cleaner did)")
         for n, image in enumerate(order):

@@ -60,6 +60,10 @@ class Docker:
     def images(self) -> list[Image]:
         return self._images(self.api.images())
 
+    def image_parents(self) -> dict[str, str]:
+        """Parent of every image that has one, intermediate images included (one call)."""
+        return {r["Id"]: r["ParentId"] for r in self.api.images(all=True) if r.get("ParentId")}
+
     def images_in_use(self) -> set[str]:
         """Image ids of every container, running or stopped."""
         return {c["ImageID"] for c in self.api.containers(all=True)}

@@ -27,9 +27,24 @@ def clean_enough(usage: float, cfg: Config) -> bool:
     return usage < cfg.threshold_high
 
 
-def removal_order(images: list[Image], in_use: set[str]) -> list[Image]:
-    """Images no container uses, oldest first (ties by id, so the order is stable)."""
-    return sorted((i for i in images if i.id not in in_use), key=lambda i: (i.created, i.id))
+def removal_order(images: list[Image], in_use: set[str], parent_of: dict[str, str]) -> list[Image]:
+    """Images no container uses, children before their parents, then oldest first.
+
+    ``parent_of`` maps an image id to its parent's (images built with the legacy builder have one).
+    A parent frees nothing while a child holds its layers, and removing it would only drop its tag,
+    so it comes after its descendants; the ancestors of an image in use are not removed at all.
+    """
+    height: dict[str, int] = {}  # generations of descendants below an image
+    held: set[str] = set()  # ancestors of images in use
+    for child in parent_of:
+        generation, parent = 1, parent_of[child]
+        while parent:
+            height[parent] = max(height.get(parent, 0), generation)
+            if child in in_use:
+                held.add(parent)
+            generation, parent = generation + 1, parent_of.get(parent, "")
+    unused = (i for i in images if i.id not in in_use and i.id not in held)
+    return sorted(unused, key=lambda i: (height.get(i.id, 0), i.created, i.id))
 
 
 def describe(usage: float, cfg: Config) -> str:

@@ -30,7 +30,17 @@ def test_low_threshold_is_the_target(tmp_path) -> None:
 
 def test_removal_order_is_oldest_first_and_skips_images_in_use() -> None:
     images = [Image("c", 30, 1), Image("a", 10, 1), Image("b", 20, 1), Image("z", 10, 1)]
-    assert [i.id for i in plan.removal_order(images, {"b"})] == ["a", "z", "c"]
+    assert [i.id for i in plan.removal_order(images, {"b"}, {})] == ["a", "z", "c"]
+
+
+def test_children_go_before_their_parents_and_ancestors_of_images_in_use_stay() -> None:
+    # base <- mid <- app (legacy builder chains, through an untagged intermediate "i1"), and
+    # base <- live, which a running container uses
+    images = [Image("base", 1, 5), Image("mid", 2, 5), Image("app", 3, 5), Image("solo", 4, 5)]
+    parents = {"i1": "base", "mid": "i1", "app": "mid"}
+    assert [i.id for i in plan.removal_order(images, set(), parents)] == ["app", "solo", "mid", "base"]
+    parents["live"] = "base"
+    assert [i.id for i in plan.removal_order(images, {"live"}, parents)] == ["app", "solo", "mid"]
 
 
 def test_transient_failures() -> None:
