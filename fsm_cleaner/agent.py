@@ -188,7 +188,8 @@ class Agent:
 
     # --- the loop -----------------------------------------------------------------------------
     def run(self, once: bool = False) -> int:
-        """Run cycles until stopped (or one cycle); the exit code: 0, or 1 if the last cycle failed."""
+        """Run cycles until stopped, or one cycle. Exit code 1 when the node may still hold our cordon
+        or, with ``once``, when the cycle failed; 0 otherwise (a graceful stop included)."""
         self._drive("start")
         while self.state != "Stopped":
             self._drive("tick")
@@ -198,7 +199,7 @@ class Agent:
                 self._sleep(self.cfg.interval_seconds)
                 if self.stopping():
                     self._drive("stop")
-        return 1 if self.cycle.failed or self.owes_uncordon_flag else 0
+        return 1 if self.owes_uncordon_flag or (once and self.cycle.failed) else 0
 
     def _drive(self, trigger: str) -> None:
         """Fire ``trigger``, then step until the machine rests in Idle or Stopped."""

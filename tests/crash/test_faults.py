@@ -133,7 +133,7 @@ def test_node_deleted_mid_cycle(scene: Scene, agents, row: Row) -> None:
 def test_api_server_down_during_uncordoning(scene: Scene, agents, row: Row) -> None:
     row.case = "API server down from PruningAll until after 3 failed uncordon attempts"
     agent = agents(scene.env()).start()
-    agent.wait_for(r"images are unused")  # PruningAll's journal write has been answered
+    agent.wait_for(r"images can go")  # PruningAll's journal write has been answered
     scene.cluster.stop()  # PruningAll goes on for ~2.4 s without the API server
     down = time.monotonic()
     try:
@@ -155,7 +155,7 @@ SLOW_PRUNING = {"DOCKER_IMAGE_CLEANER_DELAY_SECONDS": 1.5}  # PruningAll: 3 paus
 
 def stop_docker_during_pruning_all(scene: Scene, agent) -> float:
     agent.start()
-    agent.wait_for(r"images are unused")  # PruningAll has listed the images, removals begin
+    agent.wait_for(r"images can go")  # PruningAll has listed the images, removals begin
     stopped = time.monotonic()
     scene.bed.stop_daemon()  # ~1 s, while PruningAll pauses 1.5 s before each removal
     return stopped
