@@ -163,6 +163,11 @@ def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         return parse(var, raw)
 
     kind = get("THRESHOLD_TYPE", lambda v, r: _choice(v, r, ("relative", "absolute")))
+    high_var, _ = _lookup("THRESHOLD_HIGH", env, overrides)
+    if kind == "absolute" and high_var.startswith("the default"):
+        # 80 bytes would mean "always clean"; docker-image-cleaner refused it too (below 1 GB)
+        raise ConfigError("THRESHOLD_HIGH is unset in absolute mode; accepted: a size such as 50Gi in "
+                          "FSM_CLEANER_THRESHOLD_HIGH or DOCKER_IMAGE_CLEANER_THRESHOLD_HIGH")
     high = get("THRESHOLD_HIGH", lambda v, r: _threshold(v, r, kind))
     low = get("THRESHOLD_LOW", lambda v, r: _threshold(v, r, kind))
     if low is not None and low > high:

@@ -43,6 +43,7 @@ BAD = [
     ({"DOCKER_IMAGE_CLEANER_PATH_TO_CHECK": "/no/such/dir"}, "PATH_TO_CHECK='/no/such/dir'", "existing"),
     ({"DOCKER_IMAGE_CLEANER_THRESHOLD_TYPE": "absolute", "DOCKER_IMAGE_CLEANER_THRESHOLD_HIGH": "lots"},
      "THRESHOLD_HIGH='lots'", "50Gi"),
+    ({"DOCKER_IMAGE_CLEANER_THRESHOLD_TYPE": "absolute"}, "THRESHOLD_HIGH is unset in absolute mode", "50Gi"),
     ({"FSM_CLEANER_DRY_RUN": "maybe"}, "FSM_CLEANER_DRY_RUN='maybe'", "true or false"),
     ({"FSM_CLEANER_RETRY_ATTEMPTS": "2.5"}, "RETRY_ATTEMPTS='2.5'", "whole number"),
 ]

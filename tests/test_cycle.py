@@ -8,6 +8,7 @@ import time
 import docker.errors
 import pytest
 
+from fsm_cleaner import disk
 from tests.conftest import NODE, RealCluster, agent_env, journal_of, needs_fake, run_agent
 from tests.fakekube import FakeKube
 from tests.testbed import DockerBed
@@ -136,6 +137,22 @@ def test_threshold_low_stops_removal_at_the_target(docker_bed: DockerBed, cluste
     removed = [created[i] for i in images if not exists(docker_bed, i)]
     assert kept, "it removed everything although the target was reached earlier"
     assert removed and max(removed) <= min(kept)  # oldest first
+    assert_handed_back(cluster)
+
+
+def test_absolute_mode_measures_bytes_and_stops_at_the_target(docker_bed: DockerBed, cluster: Cluster,
+                                                              tmp_path) -> None:
+    images = [docker_bed.build_image(f"app:{n}", 10) for n in range(4)]
+    settled_usage(docker_bed)
+    used = disk.tree_bytes(str(docker_bed.mountpoint))
+    low = used - 15 * 2**20  # about two of the four images
+    run = run_agent(agent_env(docker_bed, tmp_path, DOCKER_IMAGE_CLEANER_THRESHOLD_TYPE="absolute",
+                              DOCKER_IMAGE_CLEANER_THRESHOLD_HIGH=used - 2**20,
+                              DOCKER_IMAGE_CLEANER_THRESHOLD_LOW=low))
+    assert run.code == 0, run.log
+    assert run.states() == FULL_CYCLE
+    assert disk.tree_bytes(str(docker_bed.mountpoint)) <= low
+    assert 0 < sum(exists(docker_bed, i) for i in images) < len(images)
     assert_handed_back(cluster)
 
 
