@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from transitions import MachineError
+
 from . import disk, journal, machine, plan
 from .config import Config
 from .docker_runtime import Docker, Removed
-from .journal import ANNOTATION, JournalError, NodeView, Patch
+from .journal import ANNOTATION, NodeView, Patch
 from .kube import EVENT_TIMEOUT, REQUEST_TIMEOUT, Kube, NodeGone
 from .retry import policy, short_error
 
@@ -92,7 +94,8 @@ class Agent:
     def on_enter_Measuring(self, _: Any) -> None:
         self.cycle = Cycle()
         self.cycle.before = self._do("Measuring", lambda: disk.fs_stats(self.cfg.path_to_check))
-        self.cycle.usage = self.cycle.first_usage = self._measure()
+        relative = self.cfg.threshold_type == "relative"
+        self.cycle.usage = self.cycle.first_usage = self.cycle.before.percent if relative else self._measure()
         log.info("usage of %s: %s (high threshold %s%s)", self.cfg.path_to_check,
                  plan.describe(self.cycle.usage, self.cfg), plan.describe(self.cfg.threshold_high, self.cfg),
                  "" if self.cfg.threshold_low is None
@@ -106,8 +109,7 @@ class Agent:
             log.info("%s: nothing to cordon", "dry run" if self.cfg.dry_run else "no cluster")
             return
         self.owes_uncordon_flag = True
-        patch = self._write_node("Cordoning", lambda n: None if self._keep_unreadable(n)
-                                 else journal.cordon(n, self.holder, journal.now_rfc3339()))
+        patch = self._write_node("Cordoning", lambda n: journal.cordon(n, self.holder, journal.now_rfc3339()))
         self._event("Cordoned" if patch and patch.unschedulable else "CleanupStarted",
                     f"fsm-cleaner: {patch.why if patch else 'unreadable journal: node left as it is'}; "
                     f"usage {plan.describe(self.cycle.usage, self.cfg)}")
@@ -115,7 +117,8 @@ class Agent:
     def on_enter_PruningContainers(self, _: Any) -> None:
         self._journal_step("PruningContainers")
         prune = self.docker.stopped_containers if self.cfg.dry_run else self.docker.prune_containers
-        self._tally(self._docker("PruningContainers", prune), "stopped containers")
+        found = self._docker("PruningContainers", prune)
+        self._tally(found, f"{found.count} stopped containers", containers=True)
 
     def on_enter_PruningDangling(self, _: Any) -> None:
         self._journal_step("PruningDangling")
@@ -124,7 +127,7 @@ class Agent:
             found = Removed(len(images), sum(i.size for i in images))
         else:
             found = self._docker("PruningDangling", self.docker.prune_dangling)
-        self._tally(found, "dangling images")
+        self._tally(found, f"{found.count} dangling images")
         self.cycle.dangling_found = found.count > 0
         self.cycle.usage = self._measure()
 
@@ -206,8 +209,14 @@ class Agent:
         while True:
             try:
                 getattr(self, trigger)()
-            except StepFailed as e:
-                self.cycle.failed = self.cycle.failed or str(e)
+            except MachineError:
+                raise  # a bug in the table itself: "fail" would not help
+            except Exception as e:  # StepFailed, or a bug in a state: either way, hand the node back
+                reason = str(e)
+                if not isinstance(e, StepFailed):
+                    log.exception("unexpected error in %s", self.state)
+                    reason = f"{self.state}: {short_error(e)}"
+                self.cycle.failed = self.cycle.failed or reason
                 trigger = "fail"
                 continue
             except StopRequested:
@@ -287,23 +296,25 @@ class Agent:
         finally:
             self._interruptible = False
 
-    def _kube_timeout(self) -> tuple[float, float]:
-        connect, read = REQUEST_TIMEOUT[0], self.cfg.api_timeout_seconds
+    def _within_stop_bound(self, timeout: tuple[float, float]) -> tuple[float, float] | None:
+        """A request's (connect, read) timeout, cut to what is left of the stop bound when stopping;
+        None when too little is left to be worth a request."""
         if self.stop_deadline is None:
-            return connect, read
-        left = max(0.5, self.stop_deadline - time.monotonic())
-        return min(connect, left), min(read, left)
+            return timeout
+        left = self.stop_deadline - time.monotonic()
+        return None if left < 0.5 else (min(timeout[0], left), min(timeout[1], left))
+
+    def _kube_timeout(self) -> tuple[float, float]:
+        # A node write is tried even at the very end of the bound: it may be the uncordon.
+        return self._within_stop_bound((REQUEST_TIMEOUT[0], self.cfg.api_timeout_seconds)) or (0.5, 0.5)
 
     def _event(self, reason: str, message: str, warning: bool = False) -> None:
         """Best effort, and within the stop bound: once stopping, the Event gets what time is left."""
         assert self.kube is not None
-        timeout: tuple[float, float] = EVENT_TIMEOUT
-        if self.stop_deadline is not None:
-            left = self.stop_deadline - time.monotonic()
-            if left < 0.5:
-                log.debug("no time left for event %s", reason)
-                return
-            timeout = (min(EVENT_TIMEOUT[0], left), min(EVENT_TIMEOUT[1], left))
+        timeout = self._within_stop_bound(EVENT_TIMEOUT)
+        if timeout is None:
+            log.debug("no time left for event %s", reason)
+            return
         self.kube.event(reason, message, warning, timeout)
 
     def _write_node(self, step: str, decide: Callable[[NodeView], Patch | None],
@@ -314,6 +325,11 @@ class Agent:
 
         def attempt() -> Patch | None:
             node = kube.read(self._kube_timeout())
+            if node.journal_unreadable and not self.journal_unreadable:
+                log.error("unreadable %s annotation %r: no guessing; the node's schedulability is left "
+                          "alone and the annotation kept until a cycle succeeds",
+                          ANNOTATION, node.annotations[ANNOTATION])
+                self.journal_unreadable = True
             patch = decide(node)
             if patch is not None:
                 kube.write(node, patch, self._kube_timeout())
@@ -334,32 +350,11 @@ class Agent:
 
     def _journal_step(self, state: str) -> None:
         if self.kube is not None and not self.cfg.dry_run:
-            self._write_node(state, lambda n: None if self._keep_unreadable(n)
-                             else journal.advance(n, state, self.holder, journal.now_rfc3339()))
-
-    def _keep_unreadable(self, node: NodeView) -> bool:
-        """An unreadable journal on an unschedulable node stays as found until a cycle succeeds: such
-        a cycle cordons nothing, so it has nothing to journal (a crash leaves the node as it was)."""
-        if not node.unschedulable:
-            return False  # we are about to cordon: the journal must say so first
-        try:
-            node.journal()
-        except JournalError:
-            self.journal_unreadable = True
-            return True
-        return False
+            self._write_node(state, lambda n: journal.advance(n, state, self.holder, journal.now_rfc3339()))
 
     def _release(self, step: str) -> None:
-        def decide(node: NodeView) -> Patch | None:
-            try:
-                node.journal()
-            except JournalError as e:
-                log.error("%s; leaving the node's schedulability alone", e)
-                self.journal_unreadable = True
-                return None
-            return journal.release(node, self.holder, journal.now_rfc3339())
-
-        patch = self._write_node(step, decide, patient=True)
+        patch = self._write_node(step, lambda n: journal.release(n, self.holder, journal.now_rfc3339()),
+                                 patient=True)
         self.owes_uncordon_flag = False
         if patch is not None:
             log.info("%s: %s", step, patch.why)
@@ -370,15 +365,14 @@ class Agent:
         entry = journal.Journal("Idle", False, node.unschedulable, journal.now_rfc3339(), self.holder)
         return Patch({ANNOTATION: entry.encode()}, why="journal Idle (replacing an unreadable one)")
 
-    def _tally(self, found: Removed, what: str) -> None:
-        if "container" in what:
+    def _tally(self, found: Removed, what: str, *, containers: bool = False) -> None:
+        if containers:
             self.cycle.containers += found.count
         else:
             self.cycle.images += found.count
         self.cycle.reported_bytes += found.bytes
-        verb = "would remove" if self.cfg.dry_run else "removed"
-        count = "" if what.startswith("image ") else f"{found.count} "
-        log.info("%s %s%s (%s)", verb, count, what, plan.human_bytes(found.bytes))
+        log.info("%s %s (%s)", "would remove" if self.cfg.dry_run else "removed", what,
+                 plan.human_bytes(found.bytes))
 
     def _usage_after(self, freed: int) -> float:
         """Usage after a removal. In absolute mode a measurement walks the tree, so it is estimated

@@ -8,9 +8,13 @@ import os
 import sys
 import time
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from . import config
 from .config import SETTINGS, ConfigError
+
+if TYPE_CHECKING:  # the Kubernetes client is imported only when a node name is set
+    from .kube import Kube
 
 log = logging.getLogger("fsm_cleaner")
 EXIT_CONFIG = 2
@@ -51,7 +55,7 @@ def _logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _kube(node_name: str | None, namespace: str = "default"):  # -> Kube | None
+def _kube(node_name: str | None, namespace: str = "default") -> Kube | None:
     if node_name is None:
         return None
     from kubernetes.config import ConfigException

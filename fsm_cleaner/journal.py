@@ -74,6 +74,22 @@ class NodeView:
         raw = self.annotations.get(ANNOTATION)
         return None if raw is None else decode(raw)
 
+    @property
+    def journal_unreadable(self) -> bool:
+        try:
+            self.journal()
+        except JournalError:
+            return True
+        return False
+
+    def _left_as_found(self) -> bool:
+        # An unreadable journal on an unschedulable node: whose cordon it is cannot be known, so no
+        # decision here writes to the node (a cycle then cordons nothing and has nothing to journal).
+        return self.unschedulable and self.journal_unreadable
+
+    def _current(self) -> Journal | None:
+        return None if self.journal_unreadable else self.journal()
+
 
 @dataclass(frozen=True)
 class Patch:
@@ -84,17 +100,16 @@ class Patch:
     why: str = ""
 
 
-def cordon(node: NodeView, holder: str, since: str) -> Patch:
+def cordon(node: NodeView, holder: str, since: str) -> Patch | None:
     """Enter Cordoning: cordon unless someone else already did, and journal whose cordon it is.
 
     A journal already in progress here is this cycle's own earlier attempt, which landed although
     its reply was lost (a timeout): its record of whose cordon it is stands, or the retry would take
     our own cordon for an administrator's and leave the node cordoned after the cycle.
     """
-    try:
-        current = node.journal()
-    except JournalError:
-        current = None
+    if node._left_as_found():
+        return None
+    current = node._current()
     if current is not None and current.in_progress:
         ours, was = current.cordoned_by_us, current.was_unschedulable
     else:
@@ -106,12 +121,11 @@ def cordon(node: NodeView, holder: str, since: str) -> Patch:
                  else "node already unschedulable: left as it is")
 
 
-def advance(node: NodeView, state: str, holder: str, since: str) -> Patch:
+def advance(node: NodeView, state: str, holder: str, since: str) -> Patch | None:
     """Journal the next step of a cycle, keeping who owns the cordon."""
-    try:
-        current = node.journal()
-    except JournalError:
-        current = None
+    if node._left_as_found():
+        return None
+    current = node._current()
     ours = bool(current and current.cordoned_by_us)
     was = current.was_unschedulable if current else node.unschedulable
     entry = Journal(state, cordoned_by_us=ours, was_unschedulable=was, since=since, holder=holder)
@@ -124,10 +138,9 @@ def release(node: NodeView, holder: str, since: str) -> Patch | None:
     Used both at the end of a cycle and on startup to clean up after a process that died mid-cycle
     (or after docker-image-cleaner, whose annotation means it cordoned the node).
     """
-    try:
-        journal = node.journal()
-    except JournalError:
+    if node.journal_unreadable:
         return None  # do not guess: the caller logs the raw value and leaves the node alone
+    journal = node.journal()
     annotations: dict[str, str | None] = {}
     uncordon = False
     reasons = []

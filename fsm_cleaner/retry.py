@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from collections.abc import Callable
 
@@ -39,7 +38,7 @@ def is_transient(exc: BaseException | None) -> bool:
         status = exc.status_code or 0
         return status >= 500 or (status == 409 and _DOCKER_BUSY in str(exc.explanation or exc))
     if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
-                        urllib3.exceptions.HTTPError, ConnectionError, socket.timeout, TimeoutError)):
+                        urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)):
         return True
     # The docker SDK wraps a refused connection at client creation in a plain DockerException.
     return isinstance(exc, docker.errors.DockerException) and is_transient(exc.__cause__ or exc.__context__)
@@ -76,7 +75,7 @@ def policy(cfg: Config, step: str, *, patient: bool = False,
         stop = stop_any(stop, stop_after_attempt(cfg.retry_attempts))
     return Retrying(
         stop=stop,
-        wait=wait_exponential_jitter(initial=0.5, max=cfg.retry_max_wait_seconds, jitter=0.5),
+        wait=wait_exponential_jitter(multiplier=0.5, max=cfg.retry_max_wait_seconds, jitter=0.5),
         retry=retry_if_exception(is_transient),
         sleep=sleep,
         before_sleep=lambda s: log.warning("%s: attempt %d failed (%s); retrying in %.1f s", step,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import docker.errors
@@ -97,12 +98,12 @@ def test_full_cycle_cordons_exactly_while_pruning(docker_bed: DockerBed, cluster
     assert entry["cordoned_by_us"] is False
     client = docker_bed.client()
     assert [c.id for c in client.containers.list(all=True)] == [running]
-    assert stopped != running
     assert not exists(docker_bed, old) and exists(docker_bed, live)  # the running container's image stays
 
-    removals = [e["timeNano"] / 1e9 for e in client.events(since=since, until=time.time(), decode=True)
-                if (e["Type"], e["Action"]) in (("image", "delete"), ("container", "destroy"))]
-    assert removals, "Docker reported no removal"
+    events = [e for e in client.events(since=since, until=time.time(), decode=True)
+              if (e["Type"], e["Action"]) in (("image", "delete"), ("container", "destroy"))]
+    assert stopped in {e["id"] for e in events}, "Docker reported no removal of the stopped container"
+    removals = [e["timeNano"] / 1e9 for e in events]
     cordoned = [t for t, unschedulable in seen if unschedulable]
     assert cordoned and min(cordoned) < min(removals) and max(removals) < max(cordoned)
     # from the first moment it was seen cordoned to the last, it never was schedulable in between
@@ -226,6 +227,32 @@ def test_with_docker_down_the_node_is_not_cordoned(docker_bed: DockerBed, cluste
     assert run.states()[-2:] == ["Measuring", "Idle"]
     assert "Measuring failed" in run.log and "cycle failed in Measuring" in run.log
     assert rv(cluster) == before  # the node was never touched
+
+
+def test_a_bug_in_a_state_hands_the_node_back(docker_bed: DockerBed, cluster: Cluster, tmp_path,
+                                              monkeypatch, caplog) -> None:
+    """In process: an unexpected exception inside PruningAll fails the cycle, it does not crash the
+    agent with the node cordoned."""
+    from kubernetes import client
+    from kubernetes import config as kube_config
+
+    from fsm_cleaner import config, plan
+    from fsm_cleaner.agent import Agent
+    from fsm_cleaner.docker_runtime import Docker
+    from fsm_cleaner.kube import Kube
+
+    fake = needs_fake(cluster)
+    docker_bed.build_image("app:1", 20)
+    env = above(docker_bed, tmp_path)
+    monkeypatch.setattr(plan, "removal_order", lambda *a: 1 / 0)
+    api = client.CoreV1Api(kube_config.new_client_from_config(config_file=env["KUBECONFIG"]))
+    agent = Agent(config.load(env), Docker(lambda: docker_bed.client().api), Kube(api, NODE))
+    with caplog.at_level("INFO", logger="fsm_cleaner"):
+        assert agent.run(once=True) == 1
+    assert "unexpected error in PruningAll" in caplog.text
+    assert re.findall(r"\w+ -> (\w+)", caplog.text)[-2:] == ["Uncordoning", "Idle"]
+    assert not is_cordoned(fake)
+    assert_handed_back(fake)
 
 
 def test_dry_run_reports_and_touches_nothing(docker_bed: DockerBed, cluster: Cluster, tmp_path) -> None:

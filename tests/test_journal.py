@@ -101,3 +101,13 @@ def test_a_retried_cordon_keeps_its_own_record() -> None:
     entry = journal.decode(retry.annotations[ANNOTATION])
     assert (entry.cordoned_by_us, entry.was_unschedulable) == (True, False)  # not "an admin's cordon"
     assert retry.unschedulable is None  # already cordoned: spec left alone
+
+
+def test_unreadable_journal_on_a_cordoned_node_is_never_written_over() -> None:
+    garbage = node(True, raw="{half")
+    assert journal.cordon(garbage, "pod-a", "t") is None  # whose cordon it is cannot be known
+    assert journal.advance(garbage, "PruningAll", "pod-a", "t") is None
+    # on a schedulable node the cordon is ours, and the journal must say so before it happens
+    mine = journal.cordon(node(False, raw="{half"), "pod-a", "t")
+    assert mine is not None and mine.unschedulable is True
+    assert journal.decode(mine.annotations[ANNOTATION]).cordoned_by_us is True
