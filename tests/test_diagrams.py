@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from fsm_cleaner import diagrams, machine
-from fsm_cleaner.machine import State
+from fsm_cleaner import diagrams, machine, runbook
+from fsm_cleaner.machine import StateDoc
 
 REPO = Path(__file__).resolve().parent.parent
 COMMITTED = REPO / "state_diagrams"
@@ -180,8 +180,8 @@ def test_runbook_has_a_section_per_state_in_machine_order(rendered: Path) -> Non
     assert re.findall(r"^### (\w+)$", text, re.M) == machine.STATE_NAMES
     sections = re.split(r"^### ", text, flags=re.M)[1:]
     for state, section in zip(machine.STATES, sections, strict=True):
-        for f in dataclasses.fields(State):
-            assert getattr(state, f.name) in section, (state.name, f.name)
+        for name in runbook.TEXT_FIELDS:
+            assert getattr(state, name) in section, (state.name, name)
         for source, trigger, dest in expected_transitions():
             if source == state.name:
                 row = rf"^\| `{trigger}` \| .* \| \[{dest}\]\(#{dest.lower()}\) \|$"
@@ -222,17 +222,22 @@ def test_runbook_journal_command_writes_a_journal_the_agent_reads(rendered: Path
 
 def test_every_state_has_its_runbook_text() -> None:
     for state in machine.STATES:
-        for f in dataclasses.fields(State):
-            assert getattr(state, f.name).strip(), f"State {state.name}: {f.name} is empty in machine.py"
-    assert diagrams.runbook_problems() == []
+        for name in runbook.TEXT_FIELDS:
+            assert getattr(state, name).strip(), f"StateDoc {state.name}: {name} is empty in machine.py"
+        assert isinstance(state.may_hold_cordon, bool), state.name
+    assert set(runbook.TEXT_FIELDS) | {"may_hold_cordon"} == {f.name for f in dataclasses.fields(StateDoc)}
+    assert runbook.problems(machine.STATES, [t[0] for t in machine.TRANSITIONS], diagrams.TRIGGERS) == []
 
 
 def test_a_state_without_runbook_text_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    blank = State("Draining", "Draining the node.", "seconds", "yes", "Nothing.", "", "Draining.")
-    problems = diagrams.runbook_problems([*machine.STATES, blank])
+    blank = StateDoc(name="Draining", may_hold_cordon=True, doing="Draining the node.", takes="seconds",
+                     cordoned="yes", if_killed="Nothing.", if_stuck="", journal="Draining.")
+    problems = runbook.problems([*machine.STATES, blank], ["next"], diagrams.TRIGGERS)
     assert len(problems) == 1 and "Draining" in problems[0] and "if_stuck" in problems[0]
-    assert diagrams.runbook_problems(triggers=["next", "evict"]) == [
+    assert runbook.problems(machine.STATES, ["next", "evict"], diagrams.TRIGGERS) == [
         "trigger 'evict' has no entry in fsm_cleaner.diagrams.TRIGGERS"]
+    unsure = dataclasses.replace(machine.STATES[0], may_hold_cordon="maybe")
+    assert "may_hold_cordon" in runbook.problems([unsure], [], diagrams.TRIGGERS)[0]
     monkeypatch.setattr(machine, "STATES", (*machine.STATES, blank))
     with pytest.raises(ValueError, match="Draining"):
         diagrams.render_all(tmp_path)
