@@ -36,6 +36,8 @@ RANKDIR = "TB"
 FONT = "Helvetica,Arial,sans-serif"
 PNG_DPI = 110
 HIGHLIGHT = "gold"  # fill colour of the highlighted (current) state
+BOX_COLOR, BOX_FILL = "steelblue4", "aliceblue"  # the CORDON_BOX: no trigger's colour, not the highlight's
+BESIDE_FINAL = "Idle"  # the final state is drawn level with it, so the stop edges stay short
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class Trigger:
     weight: str  # Graphviz: the heavier, the straighter; the normal flow runs straight down
 
 
-# Every trigger in machine.TRANSITIONS needs one (runbook_problems checks): the legend and the runbook
+# Every trigger in machine.TRANSITIONS needs one (runbook.problems checks): the legend and the runbook
 # intro are made from these.
 TRIGGERS: dict[str, Trigger] = {
     "start": Trigger("the process began; every start goes through Reconciling first, which undoes what a "
@@ -108,6 +110,11 @@ def _check_complete() -> None:
         raise ValueError("cannot render the runbook:\n  " + "\n  ".join(problems))
 
 
+def _cordon_states() -> dict[str, None]:
+    """The states drawn in the CORDON_BOX, in machine order (a dict: ordered, and fast to test)."""
+    return dict.fromkeys(s.name for s in machine.STATES if s.may_hold_cordon)
+
+
 def _note(state: str | None) -> tuple[str | None, str | None]:
     """(state to highlight, note) for render_highlighted."""
     if state is None:
@@ -130,7 +137,8 @@ def mermaid_escape(text: str) -> str:
 
 
 def mermaid(highlight: str | None = None, note: str | None = None) -> str:
-    """The machine as a Mermaid stateDiagram-v2 (from transitions' mermaid engine, syntax made strict)."""
+    """The machine as a Mermaid stateDiagram-v2 (from transitions' mermaid engine, syntax made strict), the
+    may_hold_cordon states and the transitions among them inside a composite state labelled CORDON_BOX."""
     m, model = _graph_machine("mermaid")
     source = model.get_graph().draw(None)
     direction, states, lines = "TB", [], []
@@ -142,17 +150,27 @@ def mermaid(highlight: str | None = None, note: str | None = None) -> str:
             states.append((match["name"], match["label"]))
         elif match := _EDGE_LINE.match(line):
             labels = " | ".join(mermaid_escape(label) for label in match["labels"].split(" | "))
-            lines.append(f"{match['src']} --> {match['dst']}: {labels}")
+            lines.append((match["src"], match["dst"], f"{match['src']} --> {match['dst']}: {labels}"))
         elif line.startswith("[*] --> "):
-            lines.insert(0, line)
+            lines.insert(0, ("[*]", line.split()[-1], line))
         elif not (line in ("", "---", "stateDiagram-v2", TITLE) or line.startswith(("classDef ", "Class "))):
             raise ValueError(f"unexpected line in transitions' Mermaid output: {raw!r}")
     sources = {e.source for e in edges(m)}
-    lines += [f"{name} --> [*]" for name, _ in states if name not in sources]  # final states
+    lines += [(name, "[*]", f"{name} --> [*]") for name, _ in states if name not in sources]  # final states
+    boxed = _cordon_states()
+    first_boxed = next(iter(boxed), None)
     title = TITLE if note is None else f"{TITLE}, {note}"
     out = ["---", f"title: {json.dumps(title)}", "---", "stateDiagram-v2", f"    direction {direction}"]
-    out += [f'    state "{mermaid_escape(label)}" as {name}' for name, label in states]
-    out += [f"    {line}" for line in lines]
+    box = [f'    state "{mermaid_escape(CORDON_BOX)}" as {CORDON_BOX_ID} {{']
+    box += [f'        state "{mermaid_escape(label)}" as {name}' for name, label in states if name in boxed]
+    box += [f"        {line}" for src, dst, line in lines if src in boxed and dst in boxed]
+    box.append("    }")
+    for name, label in states:  # the box where its first state would be declared
+        if name not in boxed:
+            out.append(f'    state "{mermaid_escape(label)}" as {name}')
+        elif name == first_boxed:
+            out += box
+    out += [f"    {line}" for src, dst, line in lines if not (src in boxed and dst in boxed)]
     if highlight is not None:
         out += [f"    classDef current fill:{HIGHLIGHT},stroke:darkgoldenrod,stroke-width:3px",
                 f"    class {highlight} current"]
@@ -176,6 +194,9 @@ def _legend(note: str | None) -> str:
             "fsm_cleaner/machine.py (on-call: state_diagrams/RUNBOOK.md)</td></tr>"]
     if note:
         rows.append(f'<tr><td align="left"><font color="darkgoldenrod"><b>{esc(note)}</b></font></td></tr>')
+    rows.append(f'<tr><td align="left"><font color="{BOX_COLOR}"><b>box</b> (pale blue)</font>: '
+                f"{esc(CORDON_BOX)}, the states of a cycle; while fsm-cleaner's cordon is on the node, its "
+                "journal names one of them</td></tr>")
     for name, t in TRIGGERS.items():
         words = (COLOR_WORDS.get(t.color, t.color), STYLE_WORDS.get(t.style, t.style))
         look = " ".join(w for w in words if w)
@@ -208,7 +229,29 @@ def agraph(highlight: str | None = None, note: str | None = None) -> Any:
             t = TRIGGERS[trigger]
             g.add_edge(src, dst, key=f"{src}.{trigger}.{dst}", id=f"{src}.{trigger}.{dst}", label=label,
                        color=t.color, fontcolor=t.color, style=t.style, penwidth=t.penwidth, weight=t.weight)
+    _arrange(g)
     return g
+
+
+def _arrange(g: Any) -> None:
+    """Box the may_hold_cordon states. Lay the rest out for reading: the states run down the page in machine
+    order, each one that leads to the next on a straight spine (the last, where branches meet, is left free
+    to sit under them), and the final state beside BESIDE_FINAL, near the states that stop from outside."""
+    names = machine.STATE_NAMES
+    if BESIDE_FINAL not in names:
+        raise ValueError(f"diagrams.BESIDE_FINAL is {BESIDE_FINAL!r}, not a state of fsm_cleaner/machine.py")
+    finals = [n for n in names if not g.out_edges(n)]
+    for src, dst in zip(names, names[1:], strict=False):
+        if dst not in finals and g.has_edge(src, dst):
+            g.get_node(src).attr["group"] = "spine"
+    for e in g.edges():
+        if e[1] in finals:
+            e.attr["constraint"] = "false"  # the final state's place is set below, not by the edges into it
+    g.add_subgraph([BESIDE_FINAL, *finals], name="beside_final", rank="same")
+    if boxed := list(_cordon_states()):
+        g.add_subgraph(boxed, name="cluster_" + CORDON_BOX_ID, id=CORDON_BOX_ID, label=CORDON_BOX,
+                       labeljust="r", labelloc="t", fontsize="12", fontcolor=BOX_COLOR, color=BOX_COLOR,
+                       fillcolor=BOX_FILL, style="rounded,filled", penwidth="1.5")
 
 
 def svg(g: Any) -> bytes:

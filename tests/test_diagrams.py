@@ -53,6 +53,19 @@ def svg_graph(data: bytes) -> tuple[dict[str, ET.Element], dict[tuple[str, str, 
     return nodes, edges
 
 
+def bbox(element: ET.Element) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) of the first <path> drawn in an SVG group."""
+    numbers = [float(n) for n in re.findall(r"-?\d+(?:\.\d+)?", element.find("svg:path", NS).get("d"))]
+    xs, ys = numbers[0::2], numbers[1::2]
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def cordon_box(data: bytes) -> ET.Element:
+    boxes = [g for g in ET.fromstring(data).iterfind(".//svg:g", NS) if g.get("class") == "cluster"]
+    assert [g.get("id") for g in boxes] == [diagrams.CORDON_BOX_ID]
+    return boxes[0]
+
+
 def mermaid_graph(text: str) -> tuple[list[str], set[tuple[str, str, str]], list[str]]:
     states, transitions, pseudo = [], set(), []
     for line in text.splitlines():
@@ -65,6 +78,27 @@ def mermaid_graph(text: str) -> tuple[list[str], set[tuple[str, str, str]], list
             for label in m[3].split(" | "):
                 transitions.add((m[1], label.split(" ", 1)[0], m[2]))
     return states, transitions, pseudo
+
+
+def mermaid_boxes(text: str) -> dict[str, list[str]]:
+    """The states declared inside each composite state ("label": [names]); composites must not nest."""
+    boxes: dict[str, list[str]] = {}
+    inside = None
+    for line in text.splitlines():
+        line = line.strip()
+        if m := re.fullmatch(r'state "([^"]*)" as (\w+) \{', line):
+            assert inside is None, "nested composite state"
+            inside = boxes.setdefault(m[1], [])
+        elif line == "}":
+            inside = None
+        elif inside is not None and (m := re.fullmatch(r'state "[^"]*" as (\w+)', line)):
+            inside.append(m[1])
+    assert inside is None, "composite state not closed"
+    return boxes
+
+
+def may_hold_cordon() -> list[str]:
+    return [s.name for s in machine.STATES if s.may_hold_cordon]
 
 
 # --- the committed files -------------------------------------------------------------------------------
@@ -122,7 +156,7 @@ def test_mermaid_has_every_state_and_transition(rendered: Path) -> None:
     text = (rendered / diagrams.MMD).read_text()
     assert text.startswith('---\ntitle: "fsm-cleaner"\n---\nstateDiagram-v2\n')
     states, transitions, pseudo = mermaid_graph(text)
-    assert states == machine.STATE_NAMES
+    assert sorted(states) == sorted(machine.STATE_NAMES)
     assert transitions == expected_transitions()
     assert pseudo == ["[*] --> Starting", "Stopped --> [*]"]
     assert "Class " not in text and "classDef" not in text  # transitions' own styling is dropped
@@ -163,6 +197,62 @@ def test_svg_marks_failure_and_stop_paths(rendered: Path) -> None:
     assert len({fail_color, stop_color, start_color, "black"}) == 4
     start_width = edges[("Starting", "start", "Reconciling")].find("svg:path", NS).get("stroke-width")
     assert float(start_width) > 2  # the recovery path stands out
+
+
+# --- the box of states in which the node may be cordoned, and the stop edges ----------------------------
+def test_svg_boxes_exactly_the_states_that_may_hold_the_cordon(rendered: Path) -> None:
+    data = (rendered / diagrams.SVG).read_bytes()
+    box = cordon_box(data)
+    assert box.findtext("svg:text", namespaces=NS) == diagrams.CORDON_BOX
+    left, top, right, bottom = bbox(box)
+    nodes, _ = svg_graph(data)
+    drawn_inside = set()
+    for name, node in nodes.items():
+        x0, y0, x1, y1 = bbox(node)
+        if left <= x0 and x1 <= right and top <= y0 and y1 <= bottom:
+            drawn_inside.add(name)
+        else:  # a state outside the box does not touch it either
+            assert x1 < left or x0 > right or y1 < top or y0 > bottom, name
+    assert drawn_inside == set(may_hold_cordon()) == {"Cordoning", "PruningContainers", "PruningDangling",
+                                                      "PruningAll", "Uncordoning"}
+
+
+def test_mermaid_boxes_exactly_the_states_that_may_hold_the_cordon(rendered: Path) -> None:
+    text = (rendered / diagrams.MMD).read_text()
+    assert mermaid_boxes(text) == {diagrams.CORDON_BOX: may_hold_cordon()}
+    assert f'    state "{diagrams.CORDON_BOX}" as {diagrams.CORDON_BOX_ID} {{\n' in text
+
+
+def test_a_state_flagged_may_hold_cordon_joins_the_box(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The box comes from StateDoc.may_hold_cordon alone: flag another state and it is drawn inside."""
+    flagged = tuple(dataclasses.replace(s, may_hold_cordon=True) if s.name == "Measuring" else s
+                    for s in machine.STATES)
+    monkeypatch.setattr(machine, "STATES", flagged)
+    assert mermaid_boxes(diagrams.mermaid())[diagrams.CORDON_BOX][0] == "Measuring"
+    data = diagrams.svg(diagrams.agraph())
+    left, top, right, bottom = bbox(cordon_box(data))
+    x0, y0, x1, y1 = bbox(svg_graph(data)[0]["Measuring"])
+    assert left <= x0 and x1 <= right and top <= y0 and y1 <= bottom
+
+
+def test_stop_edges_are_drawn_and_short(rendered: Path) -> None:
+    """Every stop transition is an edge, and none runs around the whole drawing any more: Stopped is drawn
+    level with Idle, the stop edges into it are short, and those from the box's states stay in the box."""
+    stops = {(s, t, d) for s, t, d in expected_transitions() if t == "stop"}
+    assert {d for _, _, d in stops} == {"Stopped", "Uncordoning"}
+    data = (rendered / diagrams.SVG).read_bytes()
+    nodes, edges = svg_graph(data)
+    assert stops <= set(edges)
+    assert stops <= mermaid_graph((rendered / diagrams.MMD).read_text())[1]
+    assert bbox(nodes["Stopped"])[1::2] == bbox(nodes[diagrams.BESIDE_FINAL])[1::2]
+    height = float(ET.fromstring(data).get("viewBox").split()[3])
+    left, top, right, bottom = bbox(cordon_box(data))
+    for stop in stops:
+        x0, y0, x1, y1 = bbox(edges[stop])
+        if stop[2] == "Stopped":
+            assert y1 - y0 < height / 5, stop
+        else:
+            assert left <= x0 and x1 <= right and top <= y0 and y1 <= bottom, stop
 
 
 def test_diagram_transitions_are_the_live_machines() -> None:
