@@ -1,9 +1,10 @@
-"""State diagrams and the on-call runbook, rendered from the live machine definition.
+"""State diagrams rendered from the live machine definition, and the files of ``state_diagrams/``.
 
 `fsm-cleaner diagrams` writes ``state_diagrams/``: ``fsm-cleaner.svg`` and ``.png`` (Graphviz, through
-pygraphviz), ``fsm-cleaner.mmd`` (a Mermaid stateDiagram-v2) and ``RUNBOOK.md``. Everything comes from
-``fsm_cleaner.machine``: the states and transitions from a ``GraphMachine`` built by ``machine.build`` on a
-stand-in model, the text of each runbook section from that state's ``State`` entry.
+pygraphviz), ``fsm-cleaner.mmd`` (a Mermaid stateDiagram-v2) and ``RUNBOOK.md`` (text by
+``fsm_cleaner.runbook``). The states and transitions come from a ``GraphMachine`` built by ``machine.build``
+on a stand-in model; the states whose ``StateDoc.may_hold_cordon`` is set are drawn in one box, so that the
+on-call question "can this cordon be fsm-cleaner's?" is answered at a glance.
 
 The output is byte-for-byte the same on every run (no timestamps, no tool versions), so the committed files
 can be checked for staleness: ``python -m fsm_cleaner.diagrams --check [DIR]`` (or ``stale(DIR)``).
@@ -18,27 +19,25 @@ import json
 import re
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import machine
-from .journal import ANNOTATION as JOURNAL_KEY
-from .journal import LEGACY_ANNOTATION as LEGACY_KEY
-from .machine import State
+from . import machine, runbook
 
 TITLE = "fsm-cleaner"
-NAMESPACE = "fsm-cleaner"  # the DaemonSet's namespace and name, as deployed
-DAEMONSET = "fsm-cleaner"
 SVG, PNG, MMD, RUNBOOK = "fsm-cleaner.svg", "fsm-cleaner.png", "fsm-cleaner.mmd", "RUNBOOK.md"
 FILES = (SVG, PNG, MMD, RUNBOOK)
 REGENERATE = "fsm-cleaner diagrams  (or: python -m fsm_cleaner diagrams --out state_diagrams)"
+CORDON_BOX = "node may be cordoned by fsm-cleaner"  # the label of the box around the may_hold_cordon states
+CORDON_BOX_ID = "MayHoldCordon"  # its name in Mermaid; in Graphviz "cluster_" + this
 
 RANKDIR = "TB"
 FONT = "Helvetica,Arial,sans-serif"
 PNG_DPI = 110
 HIGHLIGHT = "gold"  # fill colour of the highlighted (current) state
+BOX_COLOR, BOX_FILL = "steelblue4", "aliceblue"  # the CORDON_BOX: no trigger's colour, not the highlight's
+BESIDE_FINAL = "Idle"  # the final state is drawn level with it, so the stop edges stay short
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,7 @@ class Trigger:
     weight: str  # Graphviz: the heavier, the straighter; the normal flow runs straight down
 
 
-# Every trigger in machine.TRANSITIONS needs one (runbook_problems checks): the legend and the runbook
+# Every trigger in machine.TRANSITIONS needs one (runbook.problems checks): the legend and the runbook
 # intro are made from these.
 TRIGGERS: dict[str, Trigger] = {
     "start": Trigger("the process began; every start goes through Reconciling first, which undoes what a "
@@ -104,31 +103,16 @@ def edges(m: Any = None) -> list[Edge]:
     return out
 
 
-def runbook_problems(states: Sequence[State] | None = None,
-                     triggers: Iterable[str] | None = None) -> list[str]:
-    """What keeps the runbook from being complete: a State field left empty, a trigger without a legend.
-    Defaults: machine.STATES and the triggers of machine.TRANSITIONS."""
-    states = machine.STATES if states is None else states
-    problems = []
-    names = [s.name for s in states]
-    for dup in sorted({n for n in names if names.count(n) > 1}):
-        problems.append(f"state {dup} is listed twice in STATES")
-    for s in states:
-        for f in fields(State):
-            value = getattr(s, f.name)
-            if not isinstance(value, str) or not value.strip():
-                problems.append(f"state {s.name or '?'}: State.{f.name} is empty; every state needs its "
-                                f"runbook text in fsm_cleaner/machine.py")
-    for trigger in sorted(set(triggers if triggers is not None else (t[0] for t in machine.TRANSITIONS))):
-        if trigger not in TRIGGERS:
-            problems.append(f"trigger {trigger!r} has no entry in fsm_cleaner.diagrams.TRIGGERS")
-    return problems
-
-
 def _check_complete() -> None:
-    problems = runbook_problems()
+    triggers = [t[0] for t in machine.TRANSITIONS]
+    problems = runbook.problems(machine.STATES, triggers, TRIGGERS)
     if problems:
         raise ValueError("cannot render the runbook:\n  " + "\n  ".join(problems))
+
+
+def _cordon_states() -> dict[str, None]:
+    """The states drawn in the CORDON_BOX, in machine order (a dict: ordered, and fast to test)."""
+    return dict.fromkeys(s.name for s in machine.STATES if s.may_hold_cordon)
 
 
 def _note(state: str | None) -> tuple[str | None, str | None]:
@@ -153,7 +137,8 @@ def mermaid_escape(text: str) -> str:
 
 
 def mermaid(highlight: str | None = None, note: str | None = None) -> str:
-    """The machine as a Mermaid stateDiagram-v2 (from transitions' mermaid engine, syntax made strict)."""
+    """The machine as a Mermaid stateDiagram-v2 (from transitions' mermaid engine, syntax made strict), the
+    may_hold_cordon states and the transitions among them inside a composite state labelled CORDON_BOX."""
     m, model = _graph_machine("mermaid")
     source = model.get_graph().draw(None)
     direction, states, lines = "TB", [], []
@@ -165,17 +150,27 @@ def mermaid(highlight: str | None = None, note: str | None = None) -> str:
             states.append((match["name"], match["label"]))
         elif match := _EDGE_LINE.match(line):
             labels = " | ".join(mermaid_escape(label) for label in match["labels"].split(" | "))
-            lines.append(f"{match['src']} --> {match['dst']}: {labels}")
+            lines.append((match["src"], match["dst"], f"{match['src']} --> {match['dst']}: {labels}"))
         elif line.startswith("[*] --> "):
-            lines.insert(0, line)
+            lines.insert(0, ("[*]", line.split()[-1], line))
         elif not (line in ("", "---", "stateDiagram-v2", TITLE) or line.startswith(("classDef ", "Class "))):
             raise ValueError(f"unexpected line in transitions' Mermaid output: {raw!r}")
     sources = {e.source for e in edges(m)}
-    lines += [f"{name} --> [*]" for name, _ in states if name not in sources]  # final states
+    lines += [(name, "[*]", f"{name} --> [*]") for name, _ in states if name not in sources]  # final states
+    boxed = _cordon_states()
+    first_boxed = next(iter(boxed), None)
     title = TITLE if note is None else f"{TITLE}, {note}"
     out = ["---", f"title: {json.dumps(title)}", "---", "stateDiagram-v2", f"    direction {direction}"]
-    out += [f'    state "{mermaid_escape(label)}" as {name}' for name, label in states]
-    out += [f"    {line}" for line in lines]
+    box = [f'    state "{mermaid_escape(CORDON_BOX)}" as {CORDON_BOX_ID} {{']
+    box += [f'        state "{mermaid_escape(label)}" as {name}' for name, label in states if name in boxed]
+    box += [f"        {line}" for src, dst, line in lines if src in boxed and dst in boxed]
+    box.append("    }")
+    for name, label in states:  # the box where its first state would be declared
+        if name not in boxed:
+            out.append(f'    state "{mermaid_escape(label)}" as {name}')
+        elif name == first_boxed:
+            out += box
+    out += [f"    {line}" for src, dst, line in lines if not (src in boxed and dst in boxed)]
     if highlight is not None:
         out += [f"    classDef current fill:{HIGHLIGHT},stroke:darkgoldenrod,stroke-width:3px",
                 f"    class {highlight} current"]
@@ -199,6 +194,9 @@ def _legend(note: str | None) -> str:
             "fsm_cleaner/machine.py (on-call: state_diagrams/RUNBOOK.md)</td></tr>"]
     if note:
         rows.append(f'<tr><td align="left"><font color="darkgoldenrod"><b>{esc(note)}</b></font></td></tr>')
+    rows.append(f'<tr><td align="left"><font color="{BOX_COLOR}"><b>box</b> (pale blue)</font>: '
+                f"{esc(CORDON_BOX)}, the states of a cycle; while fsm-cleaner's cordon is on the node, its "
+                "journal names one of them</td></tr>")
     for name, t in TRIGGERS.items():
         words = (COLOR_WORDS.get(t.color, t.color), STYLE_WORDS.get(t.style, t.style))
         look = " ".join(w for w in words if w)
@@ -231,7 +229,29 @@ def agraph(highlight: str | None = None, note: str | None = None) -> Any:
             t = TRIGGERS[trigger]
             g.add_edge(src, dst, key=f"{src}.{trigger}.{dst}", id=f"{src}.{trigger}.{dst}", label=label,
                        color=t.color, fontcolor=t.color, style=t.style, penwidth=t.penwidth, weight=t.weight)
+    _arrange(g)
     return g
+
+
+def _arrange(g: Any) -> None:
+    """Box the may_hold_cordon states. Lay the rest out for reading: the states run down the page in machine
+    order, each one that leads to the next on a straight spine (the last, where branches meet, is left free
+    to sit under them), and the final state beside BESIDE_FINAL, near the states that stop from outside."""
+    names = machine.STATE_NAMES
+    if BESIDE_FINAL not in names:
+        raise ValueError(f"diagrams.BESIDE_FINAL is {BESIDE_FINAL!r}, not a state of fsm_cleaner/machine.py")
+    finals = [n for n in names if not g.out_edges(n)]
+    for src, dst in zip(names, names[1:], strict=False):
+        if dst not in finals and g.has_edge(src, dst):
+            g.get_node(src).attr["group"] = "spine"
+    for e in g.edges():
+        if e[1] in finals:
+            e.attr["constraint"] = "false"  # the final state's place is set below, not by the edges into it
+    g.add_subgraph([BESIDE_FINAL, *finals], name="beside_final", rank="same")
+    if boxed := list(_cordon_states()):
+        g.add_subgraph(boxed, name="cluster_" + CORDON_BOX_ID, id=CORDON_BOX_ID, label=CORDON_BOX,
+                       labeljust="r", labelloc="t", fontsize="12", fontcolor=BOX_COLOR, color=BOX_COLOR,
+                       fillcolor=BOX_FILL, style="rounded,filled", penwidth="1.5")
 
 
 def svg(g: Any) -> bytes:
@@ -244,154 +264,6 @@ def png(g: Any) -> bytes:
     return g.draw(format="png", prog="dot", args=f"-Gdpi={PNG_DPI}")
 
 
-# --- the runbook ---------------------------------------------------------------------------------------
-def _leaving(state: str, all_edges: list[Edge]) -> list[str]:
-    rows, seen_conditional = [], set()
-    for e in all_edges:
-        if e.source != state:
-            continue
-        if e.conditions:
-            condition = " and ".join(f"`{c}`" for c in e.conditions)
-            seen_conditional.add(e.trigger)
-        else:
-            condition = "otherwise" if e.trigger in seen_conditional else "always"
-        rows.append(f"| `{e.trigger}` | {condition} | [{e.dest}](#{e.dest.lower()}) |")
-    if not rows:
-        return ["None: the final state. The DaemonSet starts a new pod, which begins at Starting."]
-    return ["| trigger | when | to |", "| --- | --- | --- |", *rows]
-
-
-def _entering(state: str, all_edges: list[Edge], initial: str) -> str:
-    if state == initial:
-        return ("it is the state of a pod that has just started (its age and restarts are in `get pods`); "
-                "no transition leads into it")
-    seen = []
-    for e in all_edges:
-        if e.dest == state and (e.source, e.trigger) not in seen:
-            seen.append((e.source, e.trigger))
-    lines = ", ".join(f"`{s} -> {state} ({t})`" for s, t in seen)
-    return f"the agent's log has {'one of ' if len(seen) > 1 else ''}{lines} when it enters"
-
-
-def runbook(mermaid_text: str) -> str:
-    _check_complete()
-    m, _ = _graph_machine("mermaid")
-    all_edges, initial = edges(m), m.initial
-    triggers = "\n".join(f"- `{name}`: {t.meaning}." for name, t in TRIGGERS.items())
-    status_cmd = "fsm-cleaner status --node-name NODE"
-    jsonpath = f"kubectl get node NODE -o jsonpath='{{.metadata.annotations.{JOURNAL_KEY}}}'"
-    legacy_jsonpath = ("kubectl get node NODE -o jsonpath='{.metadata.annotations."
-                       + LEGACY_KEY.replace(".", "\\.") + "}'")
-    pods = f"kubectl -n {NAMESPACE} get pods -o wide --field-selector spec.nodeName=NODE"
-    idle = ('{"state":"Idle","cordoned_by_us":false,"was_unschedulable":false,'
-            '"since":"\'"$(date -u +%Y-%m-%dT%H:%M:%SZ)"\'","holder":"on-call"}')
-    out = [f"""# {TITLE} on-call runbook
-
-<!-- Generated from fsm_cleaner/machine.py by `fsm-cleaner diagrams`: edit the State entries there, not
-this file. -->
-
-## How to read this
-
-{TITLE} runs as the DaemonSet `{DAEMONSET}` in the namespace `{NAMESPACE}`, one pod per node. Each pod is a
-state machine: it is always in exactly one of the states below and moves only along the arrows. While it
-prunes Docker it keeps the node cordoned, and it records where it is in the node's annotation
-`{JOURNAL_KEY}`, the *journal*: JSON with `state`, `cordoned_by_us` (the cordon is the agent's own),
-`was_unschedulable` (the node was cordoned before the cycle), `since` (UTC) and `holder` (the pod that
-wrote it). Whoever comes next, a restarted pod or you, reads it to know what to undo.
-
-The arrows are labelled with a trigger, and a condition in brackets when there is one; for one trigger
-and state the first arrow whose condition holds is taken, so "otherwise" below means none of the earlier
-conditions held. The triggers:
-
-{triggers}
-
-The same diagram in colour, with the failure (`fail`) and stop paths marked:
-[{SVG}]({SVG}) ([PNG]({PNG})).
-
-Commands used below (NODE is the node's name):
-
-- `{status_cmd}`: the journal, whether the node is schedulable, and the old cleaner's marker. Run it
-  where a kubeconfig reaches the cluster, or in any agent pod:
-  `kubectl -n {NAMESPACE} exec ds/{DAEMONSET} -- {status_cmd}`.
-- `{jsonpath}`: the raw journal. (In kubectl's JSONPath a `/` or `-` in a key needs no escaping; a dot
-  does, as `\\.`: the old cleaner's marker `{LEGACY_KEY}` reads as `{legacy_jsonpath}`.)
-- `{pods}`: the agent pod on that node; then `kubectl -n {NAMESPACE} logs POD` (`--previous` for the
-  one before a restart). The agent logs every transition as `Source -> Dest (trigger) after N s`.
-
-```mermaid
-{mermaid_text.rstrip()}
-```
-
-## The states
-"""]
-    for s in machine.STATES:
-        out.append(f"""### {s.name}
-
-- **What the agent is doing:** {s.doing}
-- **Normally takes:** {s.takes}.
-- **Node cordoned by the agent:** {s.cordoned}.
-- **The journal says:** {s.journal}
-- **How to see it:** `{status_cmd}` (or the `jsonpath` command above) for the journal;
-  {_entering(s.name, all_edges, initial)}.
-- **If the pod dies here:** {s.if_killed}
-- **Leaves by:**
-
-{chr(10).join(_leaving(s.name, all_edges))}
-
-- **If it is stuck here:** {s.if_stuck}
-""")
-    out.append(f"""## The node has been cordoned for an hour — what now?
-
-No state keeps the node cordoned that long in normal operation (see "Normally takes" above: only a long
-PruningAll comes close). Work through these steps in order.
-
-1. **Whose cordon is it?** Run `{status_cmd}` (or `{jsonpath}`).
-   - `cordoned by fsm-cleaner: yes` (`"cordoned_by_us":true`): the agent's cordon. Note `state` and
-     `since`, then go to step 2.
-   - A line `legacy: {LEGACY_KEY} present`: the old docker-image-cleaner
-     cordoned it. A starting {TITLE} pod undoes that by itself, so no agent has started on that node
-     since: go to step 2.
-   - `journal: UNREADABLE`: someone wrote a value the agent cannot read, and it leaves the node alone.
-     If nobody else claims the cordon (`kubectl describe node NODE`), go on as for the agent's: step 2.
-   - Otherwise (no journal, or `cordoned by fsm-cleaner: no`, `"cordoned_by_us":false`): the cordon is
-     not the agent's. Someone drained the node, or it was already unschedulable when the cycle began
-     (the agent then leaves it so). **Leave it**, and find its owner (`kubectl describe node NODE`).
-2. **Is the agent on that node alive and moving?**
-   `{pods}`, then `kubectl -n {NAMESPACE} logs POD --tail=50` (add `--previous` if it restarted).
-   - Running, and the last log lines are recent (`removed image ...` in PruningAll, transitions): it is
-     working. To hand the node back now, stop it the way the agent expects:
-     `kubectl -n {NAMESPACE} delete pod POD`. On SIGTERM it stops removing, uncordons and writes Idle
-     within STOP_TIMEOUT_SECONDS (25 s), and the DaemonSet starts a new pod. Note that the new pod starts
-     a new cycle at once if the disk is still above THRESHOLD_HIGH; to stop cycles everywhere while you
-     investigate: `kubectl -n {NAMESPACE} set env ds/{DAEMONSET} FSM_CLEANER_DRY_RUN=true` (every agent
-     pod restarts, each handing its node back first).
-   - Running, but the log has been silent for longer than the state's "Normally takes" (a step gives up
-     after RETRY_TOTAL_SECONDS, 120 s; the uncordon after UNCORDON_RETRY_SECONDS, 600 s): it is stuck.
-     Delete the pod as above; if the journal still says `"cordoned_by_us":true` a minute later, step 3.
-   - No pod, or Pending, CrashLoopBackOff, or the node NotReady: nobody is going to undo the cordon
-     until a pod runs there (one that starts later undoes it by itself, in Reconciling). Step 3.
-3. **Uncordon by hand, then tell the journal** (only for the agent's cordon, with no live agent on it).
-   First the node, then the journal, in this order:
-
-   ```sh
-   kubectl uncordon NODE
-   kubectl annotate node NODE --overwrite {JOURNAL_KEY}='{idle}'
-   ```
-
-   Or, instead of the second command, delete the journal: `kubectl annotate node NODE {JOURNAL_KEY}-`;
-   the agent takes "no journal" as "nothing to undo". Either way the agent does not fight you: a pod
-   that starts later finds nothing to undo, and one that was still mid-cycle finds the cordon no longer
-   claimed and leaves the node as it is. (The reverse order is wrong: a journal that says Idle while the
-   node is still cordoned tells the agent that the cordon is not its own, and nobody lifts it.) If the
-   old cleaner's marker is there too, remove it, or a later start would uncordon whatever cordon the node
-   has then: `kubectl annotate node NODE {LEGACY_KEY}-`.
-4. **Afterwards**, find out why: the pod's log (`--previous`), and the agent's Events on the node
-   (Cordoned, Uncordoned, CleanupFailed):
-   `kubectl get events -A --field-selector involvedObject.kind=Node,involvedObject.name=NODE`.
-""")
-    return "\n".join(out)
-
-
 # --- files ---------------------------------------------------------------------------------------------
 def render_all(out_dir: str | Path) -> list[Path]:
     """Write the SVG, PNG, Mermaid and RUNBOOK.md into out_dir; return their paths."""
@@ -400,7 +272,10 @@ def render_all(out_dir: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     g = agraph()
     text = mermaid()
-    contents = {SVG: svg(g), PNG: png(g), MMD: text.encode(), RUNBOOK: runbook(text).encode()}
+    m, _ = _graph_machine("mermaid")
+    book = runbook.render(machine.STATES, edges(m), m.initial, {n: t.meaning for n, t in TRIGGERS.items()},
+                          text, SVG, PNG)
+    contents = {SVG: svg(g), PNG: png(g), MMD: text.encode(), RUNBOOK: book.encode()}
     paths = []
     for name in FILES:
         path = out / name

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from fsm_cleaner import diagrams, machine
-from fsm_cleaner.machine import State
+from fsm_cleaner import diagrams, machine, runbook
+from fsm_cleaner.machine import StateDoc
 
 REPO = Path(__file__).resolve().parent.parent
 COMMITTED = REPO / "state_diagrams"
@@ -53,6 +53,19 @@ def svg_graph(data: bytes) -> tuple[dict[str, ET.Element], dict[tuple[str, str, 
     return nodes, edges
 
 
+def bbox(element: ET.Element) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) of the first <path> drawn in an SVG group."""
+    numbers = [float(n) for n in re.findall(r"-?\d+(?:\.\d+)?", element.find("svg:path", NS).get("d"))]
+    xs, ys = numbers[0::2], numbers[1::2]
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def cordon_box(data: bytes) -> ET.Element:
+    boxes = [g for g in ET.fromstring(data).iterfind(".//svg:g", NS) if g.get("class") == "cluster"]
+    assert [g.get("id") for g in boxes] == [diagrams.CORDON_BOX_ID]
+    return boxes[0]
+
+
 def mermaid_graph(text: str) -> tuple[list[str], set[tuple[str, str, str]], list[str]]:
     states, transitions, pseudo = [], set(), []
     for line in text.splitlines():
@@ -65,6 +78,27 @@ def mermaid_graph(text: str) -> tuple[list[str], set[tuple[str, str, str]], list
             for label in m[3].split(" | "):
                 transitions.add((m[1], label.split(" ", 1)[0], m[2]))
     return states, transitions, pseudo
+
+
+def mermaid_boxes(text: str) -> dict[str, list[str]]:
+    """The states declared inside each composite state ("label": [names]); composites must not nest."""
+    boxes: dict[str, list[str]] = {}
+    inside = None
+    for line in text.splitlines():
+        line = line.strip()
+        if m := re.fullmatch(r'state "([^"]*)" as (\w+) \{', line):
+            assert inside is None, "nested composite state"
+            inside = boxes.setdefault(m[1], [])
+        elif line == "}":
+            inside = None
+        elif inside is not None and (m := re.fullmatch(r'state "[^"]*" as (\w+)', line)):
+            inside.append(m[1])
+    assert inside is None, "composite state not closed"
+    return boxes
+
+
+def may_hold_cordon() -> list[str]:
+    return [s.name for s in machine.STATES if s.may_hold_cordon]
 
 
 # --- the committed files -------------------------------------------------------------------------------
@@ -122,7 +156,7 @@ def test_mermaid_has_every_state_and_transition(rendered: Path) -> None:
     text = (rendered / diagrams.MMD).read_text()
     assert text.startswith('---\ntitle: "fsm-cleaner"\n---\nstateDiagram-v2\n')
     states, transitions, pseudo = mermaid_graph(text)
-    assert states == machine.STATE_NAMES
+    assert sorted(states) == sorted(machine.STATE_NAMES)
     assert transitions == expected_transitions()
     assert pseudo == ["[*] --> Starting", "Stopped --> [*]"]
     assert "Class " not in text and "classDef" not in text  # transitions' own styling is dropped
@@ -165,6 +199,62 @@ def test_svg_marks_failure_and_stop_paths(rendered: Path) -> None:
     assert float(start_width) > 2  # the recovery path stands out
 
 
+# --- the box of states in which the node may be cordoned, and the stop edges ----------------------------
+def test_svg_boxes_exactly_the_states_that_may_hold_the_cordon(rendered: Path) -> None:
+    data = (rendered / diagrams.SVG).read_bytes()
+    box = cordon_box(data)
+    assert box.findtext("svg:text", namespaces=NS) == diagrams.CORDON_BOX
+    left, top, right, bottom = bbox(box)
+    nodes, _ = svg_graph(data)
+    drawn_inside = set()
+    for name, node in nodes.items():
+        x0, y0, x1, y1 = bbox(node)
+        if left <= x0 and x1 <= right and top <= y0 and y1 <= bottom:
+            drawn_inside.add(name)
+        else:  # a state outside the box does not touch it either
+            assert x1 < left or x0 > right or y1 < top or y0 > bottom, name
+    assert drawn_inside == set(may_hold_cordon()) == {"Cordoning", "PruningContainers", "PruningDangling",
+                                                      "PruningAll", "Uncordoning"}
+
+
+def test_mermaid_boxes_exactly_the_states_that_may_hold_the_cordon(rendered: Path) -> None:
+    text = (rendered / diagrams.MMD).read_text()
+    assert mermaid_boxes(text) == {diagrams.CORDON_BOX: may_hold_cordon()}
+    assert f'    state "{diagrams.CORDON_BOX}" as {diagrams.CORDON_BOX_ID} {{\n' in text
+
+
+def test_a_state_flagged_may_hold_cordon_joins_the_box(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The box comes from StateDoc.may_hold_cordon alone: flag another state and it is drawn inside."""
+    flagged = tuple(dataclasses.replace(s, may_hold_cordon=True) if s.name == "Measuring" else s
+                    for s in machine.STATES)
+    monkeypatch.setattr(machine, "STATES", flagged)
+    assert mermaid_boxes(diagrams.mermaid())[diagrams.CORDON_BOX][0] == "Measuring"
+    data = diagrams.svg(diagrams.agraph())
+    left, top, right, bottom = bbox(cordon_box(data))
+    x0, y0, x1, y1 = bbox(svg_graph(data)[0]["Measuring"])
+    assert left <= x0 and x1 <= right and top <= y0 and y1 <= bottom
+
+
+def test_stop_edges_are_drawn_and_short(rendered: Path) -> None:
+    """Every stop transition is an edge, and none runs around the whole drawing any more: Stopped is drawn
+    level with Idle, the stop edges into it are short, and those from the box's states stay in the box."""
+    stops = {(s, t, d) for s, t, d in expected_transitions() if t == "stop"}
+    assert {d for _, _, d in stops} == {"Stopped", "Uncordoning"}
+    data = (rendered / diagrams.SVG).read_bytes()
+    nodes, edges = svg_graph(data)
+    assert stops <= set(edges)
+    assert stops <= mermaid_graph((rendered / diagrams.MMD).read_text())[1]
+    assert bbox(nodes["Stopped"])[1::2] == bbox(nodes[diagrams.BESIDE_FINAL])[1::2]
+    height = float(ET.fromstring(data).get("viewBox").split()[3])
+    left, top, right, bottom = bbox(cordon_box(data))
+    for stop in stops:
+        x0, y0, x1, y1 = bbox(edges[stop])
+        if stop[2] == "Stopped":
+            assert y1 - y0 < height / 5, stop
+        else:
+            assert left <= x0 and x1 <= right and top <= y0 and y1 <= bottom, stop
+
+
 def test_diagram_transitions_are_the_live_machines() -> None:
     live = {(e.source, e.trigger, e.dest) for e in diagrams.edges(machine.build(_Model()))}
     assert live == expected_transitions()
@@ -180,8 +270,8 @@ def test_runbook_has_a_section_per_state_in_machine_order(rendered: Path) -> Non
     assert re.findall(r"^### (\w+)$", text, re.M) == machine.STATE_NAMES
     sections = re.split(r"^### ", text, flags=re.M)[1:]
     for state, section in zip(machine.STATES, sections, strict=True):
-        for f in dataclasses.fields(State):
-            assert getattr(state, f.name) in section, (state.name, f.name)
+        for name in runbook.TEXT_FIELDS:
+            assert getattr(state, name) in section, (state.name, name)
         for source, trigger, dest in expected_transitions():
             if source == state.name:
                 row = rf"^\| `{trigger}` \| .* \| \[{dest}\]\(#{dest.lower()}\) \|$"
@@ -222,17 +312,22 @@ def test_runbook_journal_command_writes_a_journal_the_agent_reads(rendered: Path
 
 def test_every_state_has_its_runbook_text() -> None:
     for state in machine.STATES:
-        for f in dataclasses.fields(State):
-            assert getattr(state, f.name).strip(), f"State {state.name}: {f.name} is empty in machine.py"
-    assert diagrams.runbook_problems() == []
+        for name in runbook.TEXT_FIELDS:
+            assert getattr(state, name).strip(), f"StateDoc {state.name}: {name} is empty in machine.py"
+        assert isinstance(state.may_hold_cordon, bool), state.name
+    assert set(runbook.TEXT_FIELDS) | {"may_hold_cordon"} == {f.name for f in dataclasses.fields(StateDoc)}
+    assert runbook.problems(machine.STATES, [t[0] for t in machine.TRANSITIONS], diagrams.TRIGGERS) == []
 
 
 def test_a_state_without_runbook_text_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    blank = State("Draining", "Draining the node.", "seconds", "yes", "Nothing.", "", "Draining.")
-    problems = diagrams.runbook_problems([*machine.STATES, blank])
+    blank = StateDoc(name="Draining", may_hold_cordon=True, doing="Draining the node.", takes="seconds",
+                     cordoned="yes", if_killed="Nothing.", if_stuck="", journal="Draining.")
+    problems = runbook.problems([*machine.STATES, blank], ["next"], diagrams.TRIGGERS)
     assert len(problems) == 1 and "Draining" in problems[0] and "if_stuck" in problems[0]
-    assert diagrams.runbook_problems(triggers=["next", "evict"]) == [
+    assert runbook.problems(machine.STATES, ["next", "evict"], diagrams.TRIGGERS) == [
         "trigger 'evict' has no entry in fsm_cleaner.diagrams.TRIGGERS"]
+    unsure = dataclasses.replace(machine.STATES[0], may_hold_cordon="maybe")
+    assert "may_hold_cordon" in runbook.problems([unsure], [], diagrams.TRIGGERS)[0]
     monkeypatch.setattr(machine, "STATES", (*machine.STATES, blank))
     with pytest.raises(ValueError, match="Draining"):
         diagrams.render_all(tmp_path)
