@@ -451,3 +451,23 @@ def test_readme_uninstall_check_finds_nodes_still_cordoned_by_the_agent(tmp_path
                              timeout=60, env={**os.environ, "KUBECONFIG": str(kubeconfig)})
     assert out.returncode == 0, out.stderr
     assert [line.split("\t")[0] for line in out.stdout.splitlines()] == ["held"]
+
+
+# BinderHub chart values an operator switching from its image cleaner must find in deploy/README.md.
+BINDERHUB_VALUES = ["imageCleaner.enabled", "imageCleaner.cordon", "imageCleaner.delay",
+                    "imageCleaner.imageGCThresholdType", "imageCleaner.imageGCThresholdHigh",
+                    "imageCleaner.imageGCThresholdLow", "imageCleaner.host.dockerSocketDir",
+                    "host.dockerSocketName", "imageCleaner.host.dockerLibDir", "imageCleaner.extraEnv",
+                    "dind.hostLibDir", "dind.hostSocketDir", "pink.hostStorageDir", "pink.hostSocketDir"]
+
+
+def test_readme_maps_every_binderhub_value_to_settings_that_exist():
+    text = (DEPLOY / "README.md").read_text()
+    table = text[text.index("### From BinderHub's image cleaner"):]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    for value in BINDERHUB_VALUES:
+        assert any(f"`{value}`" in row.split("|")[1] for row in rows), f"{value} has no row"
+    # every variable the README names is one fsm-cleaner reads (old names written as `_SUFFIX` aside)
+    known = {name for s in config.SETTINGS for name in s.env_names} | DOCKER_ENV
+    named = set(re.findall(r"\b(?:FSM_CLEANER|DOCKER_IMAGE_CLEANER)_[A-Z_]+[A-Z]\b", text))
+    assert named and named <= known, sorted(named - known)
