@@ -30,10 +30,21 @@ from fsm_cleaner import cli, config
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
-KUSTOMIZATIONS = {"base": DEPLOY, "binderhub": DEPLOY / "overlays" / "binderhub"}
+OVERLAYS = ("binderhub", "dind", "pink")
+KUSTOMIZATIONS = {"base": DEPLOY, **{name: DEPLOY / "overlays" / name for name in OVERLAYS}}
 NEW, OLD = config.NEW_PREFIX, config.OLD_PREFIX
 DOCKER_ENV = {"DOCKER_HOST"}  # read by the docker SDK (docker.from_env), not by config.py
-CLUSTER_SCOPED = {"Namespace", "PriorityClass", "ClusterRole", "ClusterRoleBinding"}
+# Per kustomization: (PATH_TO_CHECK in the container, the hostPath mounted there, DOCKER_HOST). dind and
+# pink are BinderHub's builders: the chart's dind.hostLibDir and pink.hostStorageDir, measured where its
+# own image cleaner measures them (/var/lib/<builder>), and their sockets.
+LAYOUTS = {
+    "base": ("/var/lib/docker", "/var/lib/docker", "unix:///var/run/docker.sock"),
+    "dind": ("/var/lib/dind", "/var/lib/dind", "unix:///var/run/dind/docker.sock"),
+    "binderhub": ("/var/lib/dind", "/var/lib/dind", "unix:///var/run/dind/docker.sock"),
+    "pink": ("/var/lib/pink", "/var/lib/pink/storage", "unix:///var/run/pink/podman.sock"),
+}
+CLUSTER_SCOPED = {"Namespace", "PriorityClass", "ClusterRole", "ClusterRoleBinding",
+                  "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
 
 
 # --- rendering -----------------------------------------------------------------------------------
@@ -53,19 +64,27 @@ def render_with_kustomize(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
 
-def render_offline(path: Path) -> list[dict[str, Any]]:
-    """kustomize build, for the subset of kustomization.yaml that deploy/ uses."""
+def render_offline(path: Path, docs: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """kustomize build, for the subset of kustomization.yaml that deploy/ uses.
+
+    A Kustomization starts from nothing; a Component works on the objects of the kustomization that
+    lists it: its resources join them, then its patches apply to all of them. A kustomization's own
+    patches apply after its components'."""
     k = yaml.safe_load((path / "kustomization.yaml").read_text())
-    unsupported = set(k) - {"apiVersion", "kind", "resources", "patches"}
+    unsupported = set(k) - {"apiVersion", "kind", "resources", "components", "patches"}
     if unsupported:
         raise NotImplementedError(f"{path}: render_offline does not handle {sorted(unsupported)}")
-    docs: list[dict[str, Any]] = []
+    component = k["kind"] == "Component"
+    assert component == (docs is not None), f"{path}: a {k['kind']} listed where it does not belong"
+    docs = docs if docs is not None else []
     for entry in k.get("resources", []):
         target = (path / entry).resolve()
         if target.is_dir():
             docs += render_offline(target)
         else:
             docs += [d for d in yaml.safe_load_all(target.read_text()) if d]
+    for entry in k.get("components", []):
+        docs = render_offline((path / entry).resolve(), docs)
     for patch in k.get("patches", []):
         if set(patch) != {"path", "target"}:
             raise NotImplementedError(f"{path}: only file patches with a target are handled: {patch}")
@@ -166,6 +185,11 @@ def test_renders_the_expected_objects(rendered):
         ("Namespace", "", "fsm-cleaner"),
         ("PriorityClass", "", "fsm-cleaner"),
         ("ServiceAccount", "fsm-cleaner", "fsm-cleaner"),
+        # components/admission-policy, in every install: each agent changes only its own node
+        ("ValidatingAdmissionPolicy", "", "fsm-cleaner-own-node"),
+        ("ValidatingAdmissionPolicy", "", "fsm-cleaner-own-node-events"),
+        ("ValidatingAdmissionPolicyBinding", "", "fsm-cleaner-own-node"),
+        ("ValidatingAdmissionPolicyBinding", "", "fsm-cleaner-own-node-events"),
     ])
     for doc in docs:
         namespaced = doc["kind"] not in CLUSTER_SCOPED
@@ -185,6 +209,17 @@ def test_validates_against_the_kubernetes_schemas(rendered):
         # strict: a field the schema does not know is an error, not ignored
         validated = kubernetes_validate.validate(doc, version, strict=True)
         assert version.startswith(validated + "."), (version, validated)
+
+
+def test_admission_policy_needs_kubernetes_1_30():
+    """The component's promise: valid from 1.30 on, where admissionregistration.k8s.io/v1 has the
+    policy kinds; 1.29 has no such schema, which is why an older cluster must leave it out."""
+    docs = [d for d in render(KUSTOMIZATIONS["base"]) if d["kind"].startswith("ValidatingAdmissionPolicy")]
+    assert len(docs) == 4
+    for doc in docs:
+        assert kubernetes_validate.validate(doc, "1.30.0", strict=True) == "1.30"
+        with pytest.raises(kubernetes_validate.SchemaNotFoundError):
+            kubernetes_validate.validate(doc, "1.29.0", strict=True)
 
 
 def test_strict_validation_rejects_a_misspelt_field(rendered):
@@ -309,10 +344,10 @@ def test_effective_settings_match_the_mounts_and_load(rendered, tmp_path):
     # DOCKER_HOST is a unix socket on a hostPath mount: the socket itself, or its folder
     assert env["DOCKER_HOST"].startswith("unix://")
     socket = env["DOCKER_HOST"].removeprefix("unix://")
-    mount, volume = mounts.get(socket) or mounts[os.path.dirname(socket)]
-    assert "hostPath" in volume and not mount.get("readOnly")
-    if mount["mountPath"] == socket:
-        assert volume["hostPath"]["type"] == "Socket"
+    socket_mount, socket_volume = mounts.get(socket) or mounts[os.path.dirname(socket)]
+    assert "hostPath" in socket_volume and not socket_mount.get("readOnly")
+    if socket_mount["mountPath"] == socket:
+        assert socket_volume["hostPath"]["type"] == "Socket"
     # the heartbeat lives on the one writable volume, kept in memory (works on a full disk)
     mount, volume = mounts[os.path.dirname(effective["HEARTBEAT_FILE"])]
     assert volume["emptyDir"]["medium"] == "Memory" and not mount.get("readOnly")
@@ -321,10 +356,15 @@ def test_effective_settings_match_the_mounts_and_load(rendered, tmp_path):
     cfg = config.load(env_for_config, PATH_TO_CHECK=str(tmp_path))
     assert cfg.dry_run is False and cfg.threshold_type == "relative"
 
+    # each builder's layout: (measured path, its hostPath on the node, DOCKER_HOST)
+    path, host_path, docker_host = LAYOUTS[name]
+    assert (effective["PATH_TO_CHECK"], env["DOCKER_HOST"]) == (path, docker_host)
+    assert mounts[path][1]["hostPath"]["path"] == host_path
+    if socket != "/var/run/docker.sock":  # a daemon in a pod re-creates its socket: mount the folder
+        assert socket_volume["hostPath"] == {"path": os.path.dirname(socket), "type": "DirectoryOrCreate"}
+
     if name == "binderhub":  # the old names are the ones in force
-        assert effective["PATH_TO_CHECK"] == "/var/lib/dind/docker"
-        assert env["DOCKER_HOST"] == "unix:///var/run/dind/docker.sock"
-        for setting, value in {"PATH_TO_CHECK": "/var/lib/dind/docker", "DELAY_SECONDS": "5",
+        for setting, value in {"PATH_TO_CHECK": "/var/lib/dind", "DELAY_SECONDS": "5",
                                "THRESHOLD_HIGH": "80", "THRESHOLD_LOW": "60"}.items():
             assert env.get(OLD + setting) == value and NEW + setting not in env
             assert effective[setting] == value
@@ -411,3 +451,23 @@ def test_readme_uninstall_check_finds_nodes_still_cordoned_by_the_agent(tmp_path
                              timeout=60, env={**os.environ, "KUBECONFIG": str(kubeconfig)})
     assert out.returncode == 0, out.stderr
     assert [line.split("\t")[0] for line in out.stdout.splitlines()] == ["held"]
+
+
+# BinderHub chart values an operator switching from its image cleaner must find in deploy/README.md.
+BINDERHUB_VALUES = ["imageCleaner.enabled", "imageCleaner.cordon", "imageCleaner.delay",
+                    "imageCleaner.imageGCThresholdType", "imageCleaner.imageGCThresholdHigh",
+                    "imageCleaner.imageGCThresholdLow", "imageCleaner.host.dockerSocketDir",
+                    "host.dockerSocketName", "imageCleaner.host.dockerLibDir", "imageCleaner.extraEnv",
+                    "dind.hostLibDir", "dind.hostSocketDir", "pink.hostStorageDir", "pink.hostSocketDir"]
+
+
+def test_readme_maps_every_binderhub_value_to_settings_that_exist():
+    text = (DEPLOY / "README.md").read_text()
+    table = text[text.index("### From BinderHub's image cleaner"):]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    for value in BINDERHUB_VALUES:
+        assert any(f"`{value}`" in row.split("|")[1] for row in rows), f"{value} has no row"
+    # every variable the README names is one fsm-cleaner reads (old names written as `_SUFFIX` aside)
+    known = {name for s in config.SETTINGS for name in s.env_names} | DOCKER_ENV
+    named = set(re.findall(r"\b(?:FSM_CLEANER|DOCKER_IMAGE_CLEANER)_[A-Z_]+[A-Z]\b", text))
+    assert named and named <= known, sorted(named - known)
