@@ -12,9 +12,11 @@ What dockerd 20.10 (API 1.41) emits, measured on the test bed:
   image id; an untagged build emits nothing. `docker tag`: `tag`. `docker commit`: `tag` (+ container
   `commit`).
 - `docker import`: `tag` (if named) then `import`; `docker load`: `load`; both with `Actor.ID` = the id.
-- `docker pull`: `pull` with `Actor.ID` = the reference pulled (moby's daemon/images/image_pull.go).
-Events are replayed from the daemon's memory only (the last 256, lost when dockerd restarts): after a
-broken stream the watcher subscribes again with bounded backoff and `since` = the last event it saw.
+- `docker pull` (also one that finds the image up to date): `pull` with `Actor.ID` = the reference
+  pulled (`127.0.0.1:5000/fsmtest/pulled:v1`), no `tag` event.
+Events are replayed from the daemon's memory only (the last 256, lost when dockerd restarts), and
+`since` is inclusive: after a broken stream the watcher subscribes again with bounded backoff and
+`since` = the last event it recorded, skipping that one when it comes again.
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ class Watcher:
         self._stop = threading.Event()
         self._stream: Iterable[Mapping[str, Any]] | None = None
         self._threads: list[threading.Thread] = []
-        self.subscriptions = 0  # successful subscriptions so far (the first, then one per reconnect)
+        self.subscriptions = 0  # subscribed (and seeded) so far: the first, then one per reconnect
 
     def start(self) -> None:
         self._threads = [threading.Thread(target=self._follow, name="docker-events", daemon=True)]
@@ -116,21 +118,21 @@ class Watcher:
     def _follow(self) -> None:
         delay = self._backoff[0]
         while not self._stop.is_set():
-            received = False
+            cursor = self.history.cursor_ns
             try:
-                self._stream = self._subscribe(self.history.cursor_ns)
+                stream = self._stream = self._subscribe(self.history.cursor_ns)
                 if self._stop.is_set():  # stop() ran while we were connecting
                     break
-                self.subscriptions += 1
-                log.info("following Docker events (subscription %d)", self.subscriptions)
+                # After subscribing, so that nothing falls between; seed() only adds unknown images.
                 if self._seed_inputs is not None:
                     now = time.time()
                     seeded = self.history.seed(*self._seed_inputs(now), now=now)
                     if seeded:
                         log.info("use history: %d images not seen before, started from their creation "
                                  "and their containers", len(seeded))
-                for event in self._stream:
-                    received = True
+                self.subscriptions += 1
+                log.info("following Docker events (subscription %d)", self.subscriptions)
+                for event in stream:
                     self._consume(event)
                 reason = "the event stream ended"
             except Exception as e:  # daemon down or restarting: connection refused, reset, timeout
@@ -139,7 +141,7 @@ class Watcher:
                 self._close_stream()
             if self._stop.is_set():
                 break
-            if received:
+            if self.history.cursor_ns != cursor:  # it delivered new events: a healthy stream
                 delay = self._backoff[0]
             log.warning("Docker events: %s; subscribing again in %.1fs", reason, delay)
             self._stop.wait(delay)
