@@ -59,21 +59,18 @@ def decode(event: Mapping[str, Any]) -> Use | None:
     kind, action = event.get("Type"), event.get("Action") or event.get("status")
     actor = event.get("Actor") or {}
     attrs = actor.get("Attributes") or {}
-    if "timeNano" in event:
-        time_ns = event["timeNano"]
-    elif "time" in event:
-        time_ns = event["time"] * 1_000_000_000
-    else:
-        return None
-    if not isinstance(time_ns, int) or isinstance(time_ns, bool):
+    time_ns, seconds = event.get("timeNano"), event.get("time")
+    if time_ns is None and type(seconds) is int:  # older daemons: seconds only
+        time_ns = seconds * 1_000_000_000
+    if type(time_ns) is not int:
         return None
     if kind == "container" and action in CONTAINER_ACTIONS:
-        image = attrs.get("image") or event.get("from")
+        image = attrs.get("image") or event.get("from") or None
         container = actor.get("ID") or event.get("id")
-        return Use(image, time_ns, CONTAINER_ACTIONS[action], container) if image else None
+        return Use(image, time_ns, CONTAINER_ACTIONS[action], container) if isinstance(image, str) else None
     if kind == "image" and action in IMAGE_ACTIONS:
         image = actor.get("ID") or event.get("id")
-        return Use(image, time_ns, True) if image else None
+        return Use(image, time_ns, True) if isinstance(image, str) and image else None
     return None
 
 
@@ -120,7 +117,7 @@ class Watcher:
         while not self._stop.is_set():
             cursor = self.history.cursor_ns
             try:
-                stream = self._stream = self._subscribe(self.history.cursor_ns)
+                stream = self._stream = self._subscribe(cursor)
                 if self._stop.is_set():  # stop() ran while we were connecting
                     break
                 # After subscribing, so that nothing falls between; seed() only adds unknown images.

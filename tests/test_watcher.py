@@ -58,6 +58,8 @@ def event(kind: str, action: str, actor_id: str, **attrs: str) -> dict[str, Any]
         ({"Type": "image", "Action": "tag", "Actor": {"ID": ID}}, None),
         ({**event("container", "start", CID), "from": None}, None),
         ({**event("image", "tag", ID), "timeNano": "soon", "time": None}, None),
+        ({**event("image", "tag", ID), "Actor": {"ID": 42}, "id": None}, None),
+        ({"Type": "image", "Action": "tag", "Actor": {"ID": ID}, "time": None}, None),
     ],
 )
 def test_decode(raw: dict[str, Any], expected: Use | None) -> None:
