@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
+from devtools.fakekube import FakeKube
+from devtools.testbed import DockerBed, TestbedError
 from fsm_cleaner.journal import ANNOTATION
-from tests.fakekube import FakeKube
-from tests.testbed import DockerBed, TestbedError
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 REPO = Path(__file__).resolve().parent.parent

@@ -9,10 +9,10 @@ import time
 import docker.errors
 import pytest
 
+from devtools.fakekube import FakeKube
+from devtools.testbed import DockerBed
 from fsm_cleaner import disk
 from tests.conftest import NODE, RealCluster, agent_env, journal_of, needs_fake, run_agent
-from tests.fakekube import FakeKube
-from tests.testbed import DockerBed
 
 Cluster = FakeKube | RealCluster
 FULL_CYCLE = ["Reconciling", "Idle", "Measuring", "Cordoning", "PruningContainers", "PruningDangling",

@@ -394,7 +394,7 @@ def uninstall_check_command() -> str:
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not on PATH")
 def test_readme_uninstall_check_finds_nodes_still_cordoned_by_the_agent(tmp_path):
-    from tests.fakekube import FakeKube
+    from devtools.fakekube import FakeKube
 
     def journal(cordoned_by_us: bool, state: str) -> str:
         return json.dumps({"cordoned_by_us": cordoned_by_us, "holder": "fsm-cleaner-x", "state": state,

@@ -1,4 +1,4 @@
-"""Drive tests/fakekube.py with the real kubernetes client, so the fake stays honest."""
+"""Drive devtools/fakekube.py with the real kubernetes client, so the fake stays honest."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from kubernetes.client.exceptions import (
     UnprocessableEntityException,
 )
 
-from tests.fakekube import FakeKube, json_patch, strategic_merge_patch
+from devtools.fakekube import FakeKube, json_patch, strategic_merge_patch
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE_KEY = "fsm-cleaner/state"
@@ -469,7 +469,7 @@ def test_kubeconfig_env_in_subprocesses(fake: FakeKube, tmp_path: Path) -> None:
 def test_standalone_cli(tmp_path: Path) -> None:
     kubeconfig = tmp_path / "kc"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakekube", "--port", "0", "--node", "cli-node"]
+        [sys.executable, "-m", "devtools.fakekube", "--port", "0", "--node", "cli-node"]
         + ["--kubeconfig", str(kubeconfig)],
         cwd=ROOT,
         stdout=subprocess.PIPE,

@@ -40,10 +40,10 @@ from typing import Any, NamedTuple
 import docker.errors
 import pytest
 
+from devtools.fakekube import FakeKube
+from devtools.testbed import DockerBed
 from fsm_cleaner.journal import ANNOTATION, LEGACY_ANNOTATION
 from tests.conftest import NODE, REPO, agent_env
-from tests.fakekube import FakeKube
-from tests.testbed import DockerBed
 
 STOP_TIMEOUT = 10  # FSM_CLEANER_STOP_TIMEOUT_SECONDS in these tests (default 25)
 API_READ_TIMEOUT = 1.5  # FSM_CLEANER_API_TIMEOUT_SECONDS (default 15)

@@ -8,7 +8,7 @@ Only what the fsm-cleaner agent needs is served: Nodes (get, list, patch, update
 
 Server side is stdlib only. Run in-process (``with FakeKube() as fk: ...``) or standalone::
 
-    python -m tests.fakekube --port 8081 --node NAME [--kubeconfig PATH]
+    python -m devtools.fakekube --port 8081 --node NAME [--kubeconfig PATH]
 
 which prints the URL on stdout and serves until SIGTERM/SIGINT.
 """
@@ -1296,7 +1296,7 @@ _EVENTS_RESOURCES: dict[str, Any] = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.fakekube", description="Serve a fake Kubernetes API until SIGTERM."
+        prog="python -m devtools.fakekube", description="Serve a fake Kubernetes API until SIGTERM."
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081, help="0 picks a free port")
