@@ -6,18 +6,19 @@ Pieces (all fixtures are function-scoped; the dockerd bed is the session's ``bed
   passes through every state: three small old images (one used by a stopped container), a
   dangling image, and a running container (restart policy "always") whose image must survive.
   THRESHOLD_HIGH sits just below the bed's usage; DELAY_SECONDS makes PruningAll last ~2.5 s.
-* ``NodeWatch``: wraps the fake API server's dispatch so that a test can act right AFTER a
-  node PATCH has been applied and BEFORE the agent gets the reply (the worst moment to die:
-  the write landed, the agent does not know it), or right before a request is served. It
-  records the node after every applied PATCH; "time to recover" is computed from that record.
-* ``Agent``: ``python -m fsm_cleaner run`` in its own session; a reader thread timestamps each
+* ``NodeWatch``: on the fake API server's ``before_reply`` and ``on_request`` hooks, so that a test
+  can act right AFTER a node PATCH has been applied and BEFORE the agent gets the reply (the worst
+  moment to die: the write landed, the agent does not know it), or right before a request is
+  served. It records the node after every applied PATCH; "time to recover" is computed from that.
+* ``AgentProcess``: ``python -m fsm_cleaner run`` in its own session; a reader thread timestamps each
   log line and fires one-shot triggers on lines; cleanup kills the process group.
 * ``row``: the test's line in the results table, printed at the end of the run and written to
   ``.testbed/crash-last-run.md`` (gitignored).
 * ``slow_du``: a `du` that hangs, to catch the agent in Measuring (absolute mode).
 
-Test settings: FSM_CLEANER_STOP_TIMEOUT_SECONDS=10, FSM_CLEANER_API_TIMEOUT_SECONDS=1.5 (an
-undocumented knob read by fsm_cleaner/kube.py), retry backoff <= 0.5 s (tests/conftest.agent_env).
+Test settings: FSM_CLEANER_STOP_TIMEOUT_SECONDS=10, FSM_CLEANER_API_TIMEOUT_SECONDS=1.5 (the
+Kubernetes API read timeout, 15 by default; see the README's configuration table), retry backoff
+<= 0.5 s (tests/conftest.agent_env).
 """
 
 from __future__ import annotations
@@ -185,23 +186,8 @@ class NodeWatch:
         self.records: list[Snap] = [snap(cluster.node(NODE))]
         self._after: list[tuple[str | None, Callable[[], None]]] = []
         self._before: list[tuple[str, str | None, Callable[[], None]]] = []
-        original = cluster._dispatch
-
-        def dispatch(method: str, path: str, query: dict, ctype: str | None, body: Any) -> tuple[int, Any]:
-            code, obj = original(method, path, query, ctype, body)
-            if method == "PATCH" and path == NODE_PATH and 200 <= code < 300:
-                record = snap(obj)
-                with self._lock:
-                    self.records.append(record)
-                    fire = [a for a in self._after if a[0] == record.state]
-                    for a in fire:
-                        self._after.remove(a)
-                for _, action in fire:
-                    action()  # before the reply goes out
-            return code, obj
-
-        cluster._dispatch = dispatch  # type: ignore[method-assign]
         cluster.on_request(self._on_request)
+        cluster.before_reply(self._before_reply)
 
     def after_state(self, state: str | None, action: Callable[[], None]) -> None:
         """Run ``action`` once, right after the first PATCH that leaves the journal in ``state``
@@ -214,6 +200,18 @@ class NodeWatch:
         recorded journal state is ``journal`` ("any": whatever it is)."""
         with self._lock:
             self._before.append((method, journal, action))
+
+    def _before_reply(self, method: str, path: str, code: int, body: Any) -> None:
+        if method != "PATCH" or path != NODE_PATH or not 200 <= code < 300:
+            return
+        record = snap(body)
+        with self._lock:
+            self.records.append(record)
+            fire = [a for a in self._after if a[0] == record.state]
+            for a in fire:
+                self._after.remove(a)
+        for _, action in fire:
+            action()
 
     def _on_request(self, method: str, path: str) -> None:
         if path != NODE_PATH:
@@ -258,7 +256,7 @@ class Line(NamedTuple):
     index: int
 
 
-class Agent:
+class AgentProcess:
     """`python -m fsm_cleaner run [--once]` in its own session, its log read line by line."""
 
     def __init__(self, env: dict[str, str], *args: str, once: bool = True) -> None:
@@ -277,7 +275,7 @@ class Agent:
         with self._cond:
             self._triggers.append((re.compile(pattern), action))
 
-    def start(self) -> Agent:
+    def start(self) -> AgentProcess:
         self.started = time.monotonic()
         self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=REPO, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -370,12 +368,12 @@ class Agent:
 
 
 @pytest.fixture
-def agents() -> Iterator[Callable[..., Agent]]:
-    """``agents(env, once=True)`` makes an Agent (call .start()); every one is killed at teardown."""
-    made: list[Agent] = []
+def agents() -> Iterator[Callable[..., AgentProcess]]:
+    """``agents(env, once=True)`` makes an AgentProcess (call .start()); every one is killed at teardown."""
+    made: list[AgentProcess] = []
 
-    def make(env: dict[str, str], *args: str, once: bool = True) -> Agent:
-        agent = Agent(env, *args, once=once)
+    def make(env: dict[str, str], *args: str, once: bool = True) -> AgentProcess:
+        agent = AgentProcess(env, *args, once=once)
         made.append(agent)
         return agent
 

@@ -23,12 +23,12 @@ import pytest
 
 from fsm_cleaner.journal import ANNOTATION, Journal
 from tests.conftest import NODE, agent_env
-from tests.crash.conftest import STOP_TIMEOUT, Agent, NodeWatch, Row, Scene, image_exists
+from tests.crash.conftest import STOP_TIMEOUT, AgentProcess, NodeWatch, Row, Scene, image_exists
 
 HELD = 1.0  # seconds a delay fault holds a request (below the 1.5 s read timeout)
 
 
-def stopped_within_bound(agent: Agent, row: Row, t_signal: float) -> float:
+def stopped_within_bound(agent: AgentProcess, row: Row, t_signal: float) -> float:
     code = agent.wait(STOP_TIMEOUT + 20)
     took = agent.exited_at - t_signal
     assert code == 0, agent.log
@@ -39,7 +39,7 @@ def stopped_within_bound(agent: Agent, row: Row, t_signal: float) -> float:
     return took
 
 
-def sigterm_now(agent: Agent, sent: dict[str, float]):
+def sigterm_now(agent: AgentProcess, sent: dict[str, float]):
     def send() -> None:
         sent["t"] = agent.signal(signal.SIGTERM)
     return send
@@ -89,7 +89,7 @@ def test_sigterm_mid_cycle(scene: Scene, agents, row: Row, state: str) -> None:
     row.recover, row.since = recover, "SIGTERM"
 
 
-def wait_sent(sent: dict[str, float], agent: Agent) -> float:
+def wait_sent(sent: dict[str, float], agent: AgentProcess) -> float:
     deadline = time.monotonic() + 60
     while "t" not in sent:
         assert time.monotonic() < deadline and agent.running, f"the signal was never sent:\n{agent.log}"
