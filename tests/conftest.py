@@ -155,6 +155,24 @@ def run_agent(env: dict[str, str], *args: str, timeout: float = 180) -> Run:
     return Run(proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start)
 
 
+def settled_usage(bed: DockerBed, timeout: float = 10) -> tuple[float, float]:
+    """The bed's (blocks %, inodes %) once ext4 has settled (dockerd deletes build contexts and ext4
+    frees blocks a moment later): two readings 0.2 s apart agree. Raises if it never settles: a
+    threshold computed from a moving figure would make the test prove nothing."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        os.sync()
+        now = bed.usage()
+        if now == last:
+            return now
+        if time.monotonic() > deadline:
+            raise AssertionError(f"usage of {bed.mountpoint} still moving after {timeout:g} s: "
+                                 f"{last} -> {now}")
+        last = now
+        time.sleep(0.2)
+
+
 def journal_of(node: dict) -> dict | None:
     raw = (node["metadata"].get("annotations") or {}).get(ANNOTATION)
     return None if raw is None else json.loads(raw)

@@ -44,12 +44,16 @@ import pytest
 from devtools.fakekube import FakeKube
 from devtools.testbed import DockerBed
 from fsm_cleaner.journal import ANNOTATION, LEGACY_ANNOTATION
-from tests.conftest import NODE, REPO, agent_env
+from tests.conftest import NODE, REPO, agent_env, settled_usage
 
 STOP_TIMEOUT = 10  # FSM_CLEANER_STOP_TIMEOUT_SECONDS in these tests (default 25)
 API_READ_TIMEOUT = 1.5  # FSM_CLEANER_API_TIMEOUT_SECONDS (default 15)
 DELAY = 0.8  # DELAY_SECONDS between two image removals: PruningAll lasts ~3 pauses
-RECOVER_BOUND = 20.0  # seconds: "within a bounded time" for every case
+# Seconds from the event (SIGKILL, the API server back) to the node handed back. The README promises
+# about a second after a SIGKILL on a quiet machine (measured 0.7 s: the restart's Python start, one
+# GET and one PATCH); 3 s leaves room for a loaded CI machine, where the Python start alone took 1-2 s.
+RECOVER_BOUND = 3.0
+RETRY_ATTEMPTS = 5  # FSM_CLEANER_RETRY_ATTEMPTS in these tests (the default)
 NODE_PATH = f"/api/v1/nodes/{NODE}"
 OURS = (ANNOTATION, LEGACY_ANNOTATION)  # the annotations the agent may write or remove
 RESULTS_FILE = REPO / ".testbed" / "crash-last-run.md"
@@ -311,8 +315,11 @@ class AgentProcess:
         with self._cond:
             return "\n".join(line for _, line in self.lines)
 
-    def states(self) -> list[str]:
-        return re.findall(r" \w+ -> (\w+) \(\w+\) after ", self.log)
+    def states(self, start: int = 0) -> list[str]:
+        """The states entered, in order, from log line ``start`` on."""
+        with self._cond:
+            text = "\n".join(line for _, line in self.lines[start:])
+        return re.findall(r" \w+ -> (\w+) \(\w+\) after ", text)
 
     def signal(self, sig: int) -> float:
         """Send ``sig``; returns the time it was sent."""
@@ -387,19 +394,6 @@ def agents() -> Iterator[Callable[..., AgentProcess]]:
 # --------------------------------------------------------------------------------------------
 
 
-def settled_usage(bed: DockerBed) -> float:
-    """The agent's measure (the fuller of blocks and inodes) once ext4 has settled."""
-    last = None
-    for _ in range(50):
-        os.sync()
-        now = max(bed.usage())
-        if now == last:
-            return now
-        last = now
-        time.sleep(0.1)
-    return now
-
-
 def image_exists(bed: DockerBed, image: str) -> bool:
     with contextlib.closing(bed.client()) as client:
         try:
@@ -431,6 +425,7 @@ class Scene:
             "DOCKER_IMAGE_CLEANER_DELAY_SECONDS": DELAY,
             "FSM_CLEANER_STOP_TIMEOUT_SECONDS": STOP_TIMEOUT,
             "FSM_CLEANER_API_TIMEOUT_SECONDS": API_READ_TIMEOUT,
+            "FSM_CLEANER_RETRY_ATTEMPTS": RETRY_ATTEMPTS,
         }
         base.update(settings)
         return agent_env(self.bed, self.tmp, **base)
@@ -490,7 +485,7 @@ def make_scene(bed: DockerBed, cluster: FakeKube, tmp: Path, *, cordoned: bool =
             node["spec"]["unschedulable"] = cordoned
             node["metadata"]["annotations"].update(annotations or {})
         cluster.mutate(NODE, change)
-    high = round(settled_usage(bed) - margin, 2)
+    high = round(max(settled_usage(bed)) - margin, 2)
     watch = NodeWatch(cluster)
     before = watch.last()
     assert before.labels and before.annotations, "the node should carry a label and an annotation of its own"
