@@ -22,9 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from devtools.fakekube import FakeKube  # noqa: E402
+from devtools.testbed import DockerBed  # noqa: E402
 from tests.conftest import NODE, agent_env  # noqa: E402
-from tests.fakekube import FakeKube  # noqa: E402
-from tests.testbed import DockerBed  # noqa: E402
 
 SUMMARY = re.compile(r"cycle done: usage (?P<before>[\d.]+)% -> (?P<after>[\d.]+)%; "
                      r"freed (?P<freed>[\d.]+ \w+) .*"

@@ -20,14 +20,14 @@ mkdir -p "$root"
 fake_pid=""
 cleanup() {
   [ -n "$fake_pid" ] && kill "$fake_pid" 2>/dev/null && wait "$fake_pid" 2>/dev/null
-  "$py" -m tests.testbed down "$root" || true
+  "$py" -m devtools.testbed down "$root" || true
 }
 trap cleanup EXIT
 
 echo "== no local Docker daemon: starting the test bed (private dockerd on a 600 MiB loop ext4) =="
-eval "$("$py" -m tests.testbed up "$root" --fill)"
+eval "$("$py" -m devtools.testbed up "$root" --fill)"
 rm -f "$root/kubeconfig"
-"$py" -m tests.fakekube --port 0 --node demo-node --kubeconfig "$root/kubeconfig" >/dev/null &
+"$py" -m devtools.fakekube --port 0 --node demo-node --kubeconfig "$root/kubeconfig" >/dev/null &
 fake_pid=$!
 for _ in $(seq 50); do [ -s "$root/kubeconfig" ] && break; sleep 0.1; done
 

@@ -4,10 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# command -> Debian package that provides it
+# Every command the tests, the demo and devtools/ run -> the Debian package that provides it. The rest
+# (hadolint, kubectl, ruff) come as wheels with the test extras, into .venv/bin.
 declare -A provides=(
-  [dockerd]=docker.io [busybox]=busybox-static [mkfs.ext4]=e2fsprogs [losetup]=mount
-  [dot]=graphviz [du]=coreutils [python3]=python3 [git]=git
+  [dockerd]=docker.io [containerd]=containerd [runc]=runc [busybox]=busybox-static [mkfs.ext4]=e2fsprogs
+  [mount]=mount [umount]=mount [losetup]=mount [du]=coreutils [df]=coreutils [dot]=graphviz
+  [python3]=python3 [git]=git
 )
 missing=()
 for cmd in "${!provides[@]}"; do

@@ -5,10 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from devtools.fakekube import FakeKube
 from fsm_cleaner.config import SETTINGS
 from fsm_cleaner.journal import ANNOTATION, LEGACY_ANNOTATION, Journal
 from tests.conftest import NODE, REPO, agent_env
-from tests.fakekube import FakeKube
 
 
 def status(tmp_path, *args: str) -> subprocess.CompletedProcess:

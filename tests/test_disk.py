@@ -19,7 +19,7 @@ HAVE_GNU_DU = (
     and b"GNU" in subprocess.run(["du", "--version"], capture_output=True).stdout
 )
 
-needs_du = pytest.mark.skipif(not HAVE_GNU_DU, reason="GNU du not installed")
+needs_du = pytest.mark.skipif(not HAVE_GNU_DU, reason="GNU du not on PATH: apt-get install coreutils")
 
 
 def _du_or_fail(path: str) -> int:
@@ -216,7 +216,7 @@ def test_falls_back_when_du_missing_or_unusable(tmp_path: Path, monkeypatch: pyt
 @pytest.fixture
 def tmpfs_mount(tmp_path: Path) -> Iterator[Path]:
     if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
+        pytest.skip("mounting a tmpfs needs root and `mount` (apt-get install mount)")
     mnt = tmp_path / "tree" / "merged"
     mnt.mkdir(parents=True)
     proc = subprocess.run(
@@ -275,7 +275,7 @@ def _df_percent(column: str, path: str) -> float:
     return float(out.splitlines()[1].strip().rstrip("%"))
 
 
-@pytest.mark.skipif(shutil.which("df") is None, reason="df not installed")
+@pytest.mark.skipif(shutil.which("df") is None, reason="df not on PATH: apt-get install coreutils")
 @pytest.mark.parametrize("where", ["tmp", "root"])
 def test_percentages_match_df(tmp_path: Path, where: str) -> None:
     path = str(tmp_path) if where == "tmp" else "/"

@@ -1,8 +1,7 @@
-"""Drive tests/fakekube.py with the real kubernetes client, so the fake stays honest."""
+"""Drive devtools/fakekube.py with the real kubernetes client, so the fake stays honest."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import signal
@@ -26,7 +25,7 @@ from kubernetes.client.exceptions import (
     UnprocessableEntityException,
 )
 
-from tests.fakekube import FakeKube, json_patch, strategic_merge_patch
+from devtools.fakekube import FakeKube, json_patch, strategic_merge_patch
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE_KEY = "fsm-cleaner/state"
@@ -91,17 +90,24 @@ def test_read_node_and_404(fake: FakeKube, v1: client.CoreV1Api) -> None:
     assert body["details"] == {"name": "nope", "kind": "nodes"}
 
 
-def test_list_nodes_and_selectors(fake: FakeKube, v1: client.CoreV1Api) -> None:
+def test_list_nodes(fake: FakeKube, v1: client.CoreV1Api) -> None:
     fake.add_node("n2", unschedulable=True)
     nodes = v1.list_node()
     assert [n.metadata.name for n in nodes.items] == ["n1", "n2"]
+    assert [n.spec.unschedulable for n in nodes.items] == [None, True]
     assert nodes.metadata.resource_version == fake.resource_version
-    assert [n.metadata.name for n in v1.list_node(label_selector="role=worker").items] == ["n1"]
-    assert [n.metadata.name for n in v1.list_node(label_selector="!role").items] == ["n2"]
-    by_name = v1.list_node(field_selector="metadata.name=n2").items
-    assert [n.metadata.name for n in by_name] == ["n2"]
-    cordoned = v1.list_node(field_selector="spec.unschedulable=true").items
-    assert [n.metadata.name for n in cordoned] == ["n2"]
+    with pytest.raises(ApiException) as exc:  # not implemented: an error, never a wrong answer
+        v1.list_node(label_selector="role=worker")
+    assert exc.value.status == 400
+
+
+def test_methods_not_served_are_405(fake: FakeKube, v1: client.CoreV1Api) -> None:
+    node = v1.read_node("n1")
+    node.metadata.annotations["put"] = "yes"
+    with pytest.raises(ApiException) as exc:
+        v1.replace_node("n1", node)
+    assert exc.value.status == 405 and status_of(exc.value)["reason"] == "MethodNotAllowed"
+    assert "put" not in fake.node("n1")["metadata"]["annotations"]
 
 
 def test_unknown_path_is_404_status(fake: FakeKube) -> None:
@@ -173,17 +179,6 @@ def test_stale_resource_version_is_conflict(fake: FakeKube, v1: client.CoreV1Api
         "please apply your changes to the latest version and try again"
     )
     assert "a" not in fake.node("n1")["metadata"]["annotations"]
-
-    # PUT with a stale body conflicts too; with the current one it succeeds and bumps rv.
-    node = v1.read_node("n1")
-    fake.mutate("n1", lambda n: None)
-    with pytest.raises(ConflictException):
-        v1.replace_node("n1", node)
-    node = v1.read_node("n1")
-    node.metadata.annotations["put"] = "yes"
-    replaced = v1.replace_node("n1", node)
-    assert replaced.metadata.annotations["put"] == "yes"
-    assert int(replaced.metadata.resource_version) > int(node.metadata.resource_version)
 
     # A matching resourceVersion passes; the stored one never comes from the body.
     current = fake.node("n1")["metadata"]["resourceVersion"]
@@ -344,10 +339,36 @@ def test_on_request_hook_plays_concurrent_writer(fake: FakeKube, v1: client.Core
     assert fake.node("n1")["metadata"]["annotations"]["race"] == "won"
 
 
+def test_before_reply_hook_runs_after_the_write_and_before_the_reply(fake: FakeKube,
+                                                                      v1: client.CoreV1Api) -> None:
+    in_hook, release = threading.Event(), threading.Event()
+    seen: list[tuple[str, str, int]] = []
+
+    def hook(method: str, path: str, code: int, body: Any) -> None:
+        seen.append((method, path, code))
+        in_hook.set()
+        assert release.wait(10)
+
+    fake.before_reply(hook)
+    patch = threading.Thread(target=v1.patch_node, args=("n1", {"spec": {"unschedulable": True}}))
+    patch.start()
+    assert in_hook.wait(10)
+    assert fake.node("n1")["spec"]["unschedulable"] is True  # the write has landed ...
+    patch.join(0.5)
+    assert patch.is_alive()  # ... and the client is still waiting for its reply
+    release.set()
+    patch.join(10)
+    assert not patch.is_alive()
+    assert seen == [("PATCH", "/api/v1/nodes/n1", 200)]
+    fake.before_reply(None)
+    v1.read_node("n1")
+    assert len(seen) == 1
+
+
 # -- events -------------------------------------------------------------------------------------
 
 
-def test_events_create_and_list(fake: FakeKube, v1: client.CoreV1Api) -> None:
+def test_events_create(fake: FakeKube, v1: client.CoreV1Api) -> None:
     ref = client.V1ObjectReference(kind="Node", name="n1", api_version="v1")
     created = v1.create_namespaced_event(
         "default",
@@ -362,28 +383,15 @@ def test_events_create_and_list(fake: FakeKube, v1: client.CoreV1Api) -> None:
     assert created.metadata.name.startswith("n1.") and len(created.metadata.name) == 8
     assert created.metadata.namespace == "default"
     assert created.metadata.uid and created.metadata.resource_version
-    assert [e.reason for e in v1.list_namespaced_event("default").items] == ["Cordoned"]
-    assert v1.list_namespaced_event("other").items == []
-
-    events_v1 = client.EventsV1Api(v1.api_client)
-    created2 = events_v1.create_namespaced_event(
-        "default",
-        client.EventsV1Event(
-            metadata=client.V1ObjectMeta(name="n1.cleaned"),
-            event_time=dt.datetime.now(dt.timezone.utc),
-            regarding=ref,
-            reason="Cleaned",
-            action="Prune",
-            note="freed 1GiB",
-            type="Normal",
-            reporting_controller="fsm-cleaner",
-            reporting_instance="n1",
-        ),
-    )
-    assert created2.metadata.name == "n1.cleaned"
-    assert [e.note for e in events_v1.list_namespaced_event("default").items] == ["freed 1GiB"]
-    assert [e["reason"] for e in fake.events] == ["Cordoned", "Cleaned"]
-    assert last_request(fake, "POST").path == "/apis/events.k8s.io/v1/namespaces/default/events"
+    named = client.CoreV1Event(metadata=client.V1ObjectMeta(name="n1.cleaned"), involved_object=ref,
+                               reason="Cleaned", message="freed 1GiB", type="Normal")
+    v1.create_namespaced_event("other", named)
+    with pytest.raises(ConflictException) as exc:
+        v1.create_namespaced_event("other", named)
+    assert status_of(exc.value)["reason"] == "AlreadyExists"
+    assert [(e["metadata"]["namespace"], e["reason"]) for e in fake.events] == [
+        ("default", "Cordoned"), ("other", "Cleaned")]
+    assert last_request(fake, "POST").path == "/api/v1/namespaces/other/events"
 
 
 # -- concurrency, lifecycle, kubeconfig -----------------------------------------------------------
@@ -469,7 +477,7 @@ def test_kubeconfig_env_in_subprocesses(fake: FakeKube, tmp_path: Path) -> None:
 def test_standalone_cli(tmp_path: Path) -> None:
     kubeconfig = tmp_path / "kc"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakekube", "--port", "0", "--node", "cli-node"]
+        [sys.executable, "-m", "devtools.fakekube", "--port", "0", "--node", "cli-node"]
         + ["--kubeconfig", str(kubeconfig)],
         cwd=ROOT,
         stdout=subprocess.PIPE,

@@ -6,18 +6,19 @@ Pieces (all fixtures are function-scoped; the dockerd bed is the session's ``bed
   passes through every state: three small old images (one used by a stopped container), a
   dangling image, and a running container (restart policy "always") whose image must survive.
   THRESHOLD_HIGH sits just below the bed's usage; DELAY_SECONDS makes PruningAll last ~2.5 s.
-* ``NodeWatch``: wraps the fake API server's dispatch so that a test can act right AFTER a
-  node PATCH has been applied and BEFORE the agent gets the reply (the worst moment to die:
-  the write landed, the agent does not know it), or right before a request is served. It
-  records the node after every applied PATCH; "time to recover" is computed from that record.
-* ``Agent``: ``python -m fsm_cleaner run`` in its own session; a reader thread timestamps each
+* ``NodeWatch``: on the fake API server's ``before_reply`` and ``on_request`` hooks, so that a test
+  can act right AFTER a node PATCH has been applied and BEFORE the agent gets the reply (the worst
+  moment to die: the write landed, the agent does not know it), or right before a request is
+  served. It records the node after every applied PATCH; "time to recover" is computed from that.
+* ``AgentProcess``: ``python -m fsm_cleaner run`` in its own session; a reader thread timestamps each
   log line and fires one-shot triggers on lines; cleanup kills the process group.
 * ``row``: the test's line in the results table, printed at the end of the run and written to
   ``.testbed/crash-last-run.md`` (gitignored).
 * ``slow_du``: a `du` that hangs, to catch the agent in Measuring (absolute mode).
 
-Test settings: FSM_CLEANER_STOP_TIMEOUT_SECONDS=10, FSM_CLEANER_API_TIMEOUT_SECONDS=1.5 (an
-undocumented knob read by fsm_cleaner/kube.py), retry backoff <= 0.5 s (tests/conftest.agent_env).
+Test settings: FSM_CLEANER_STOP_TIMEOUT_SECONDS=10, FSM_CLEANER_API_TIMEOUT_SECONDS=1.5 (the
+Kubernetes API read timeout, 15 by default; see the README's configuration table), retry backoff
+<= 0.5 s (tests/conftest.agent_env).
 """
 
 from __future__ import annotations
@@ -40,15 +41,19 @@ from typing import Any, NamedTuple
 import docker.errors
 import pytest
 
+from devtools.fakekube import FakeKube
+from devtools.testbed import DockerBed
 from fsm_cleaner.journal import ANNOTATION, LEGACY_ANNOTATION
-from tests.conftest import NODE, REPO, agent_env
-from tests.fakekube import FakeKube
-from tests.testbed import DockerBed
+from tests.conftest import NODE, REPO, agent_env, settled_usage
 
 STOP_TIMEOUT = 10  # FSM_CLEANER_STOP_TIMEOUT_SECONDS in these tests (default 25)
 API_READ_TIMEOUT = 1.5  # FSM_CLEANER_API_TIMEOUT_SECONDS (default 15)
 DELAY = 0.8  # DELAY_SECONDS between two image removals: PruningAll lasts ~3 pauses
-RECOVER_BOUND = 20.0  # seconds: "within a bounded time" for every case
+# Seconds from the event (SIGKILL, the API server back) to the node handed back. The README promises
+# about a second after a SIGKILL on a quiet machine (measured 0.7 s: the restart's Python start, one
+# GET and one PATCH); 3 s leaves room for a loaded CI machine, where the Python start alone took 1-2 s.
+RECOVER_BOUND = 3.0
+RETRY_ATTEMPTS = 5  # FSM_CLEANER_RETRY_ATTEMPTS in these tests (the default)
 NODE_PATH = f"/api/v1/nodes/{NODE}"
 OURS = (ANNOTATION, LEGACY_ANNOTATION)  # the annotations the agent may write or remove
 RESULTS_FILE = REPO / ".testbed" / "crash-last-run.md"
@@ -185,23 +190,8 @@ class NodeWatch:
         self.records: list[Snap] = [snap(cluster.node(NODE))]
         self._after: list[tuple[str | None, Callable[[], None]]] = []
         self._before: list[tuple[str, str | None, Callable[[], None]]] = []
-        original = cluster._dispatch
-
-        def dispatch(method: str, path: str, query: dict, ctype: str | None, body: Any) -> tuple[int, Any]:
-            code, obj = original(method, path, query, ctype, body)
-            if method == "PATCH" and path == NODE_PATH and 200 <= code < 300:
-                record = snap(obj)
-                with self._lock:
-                    self.records.append(record)
-                    fire = [a for a in self._after if a[0] == record.state]
-                    for a in fire:
-                        self._after.remove(a)
-                for _, action in fire:
-                    action()  # before the reply goes out
-            return code, obj
-
-        cluster._dispatch = dispatch  # type: ignore[method-assign]
         cluster.on_request(self._on_request)
+        cluster.before_reply(self._before_reply)
 
     def after_state(self, state: str | None, action: Callable[[], None]) -> None:
         """Run ``action`` once, right after the first PATCH that leaves the journal in ``state``
@@ -214,6 +204,18 @@ class NodeWatch:
         recorded journal state is ``journal`` ("any": whatever it is)."""
         with self._lock:
             self._before.append((method, journal, action))
+
+    def _before_reply(self, method: str, path: str, code: int, body: Any) -> None:
+        if method != "PATCH" or path != NODE_PATH or not 200 <= code < 300:
+            return
+        record = snap(body)
+        with self._lock:
+            self.records.append(record)
+            fire = [a for a in self._after if a[0] == record.state]
+            for a in fire:
+                self._after.remove(a)
+        for _, action in fire:
+            action()
 
     def _on_request(self, method: str, path: str) -> None:
         if path != NODE_PATH:
@@ -258,7 +260,7 @@ class Line(NamedTuple):
     index: int
 
 
-class Agent:
+class AgentProcess:
     """`python -m fsm_cleaner run [--once]` in its own session, its log read line by line."""
 
     def __init__(self, env: dict[str, str], *args: str, once: bool = True) -> None:
@@ -277,7 +279,7 @@ class Agent:
         with self._cond:
             self._triggers.append((re.compile(pattern), action))
 
-    def start(self) -> Agent:
+    def start(self) -> AgentProcess:
         self.started = time.monotonic()
         self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=REPO, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -313,8 +315,11 @@ class Agent:
         with self._cond:
             return "\n".join(line for _, line in self.lines)
 
-    def states(self) -> list[str]:
-        return re.findall(r" \w+ -> (\w+) \(\w+\) after ", self.log)
+    def states(self, start: int = 0) -> list[str]:
+        """The states entered, in order, from log line ``start`` on."""
+        with self._cond:
+            text = "\n".join(line for _, line in self.lines[start:])
+        return re.findall(r" \w+ -> (\w+) \(\w+\) after ", text)
 
     def signal(self, sig: int) -> float:
         """Send ``sig``; returns the time it was sent."""
@@ -370,12 +375,12 @@ class Agent:
 
 
 @pytest.fixture
-def agents() -> Iterator[Callable[..., Agent]]:
-    """``agents(env, once=True)`` makes an Agent (call .start()); every one is killed at teardown."""
-    made: list[Agent] = []
+def agents() -> Iterator[Callable[..., AgentProcess]]:
+    """``agents(env, once=True)`` makes an AgentProcess (call .start()); every one is killed at teardown."""
+    made: list[AgentProcess] = []
 
-    def make(env: dict[str, str], *args: str, once: bool = True) -> Agent:
-        agent = Agent(env, *args, once=once)
+    def make(env: dict[str, str], *args: str, once: bool = True) -> AgentProcess:
+        agent = AgentProcess(env, *args, once=once)
         made.append(agent)
         return agent
 
@@ -387,19 +392,6 @@ def agents() -> Iterator[Callable[..., Agent]]:
 # --------------------------------------------------------------------------------------------
 # The Docker side and the node: one scene per test
 # --------------------------------------------------------------------------------------------
-
-
-def settled_usage(bed: DockerBed) -> float:
-    """The agent's measure (the fuller of blocks and inodes) once ext4 has settled."""
-    last = None
-    for _ in range(50):
-        os.sync()
-        now = max(bed.usage())
-        if now == last:
-            return now
-        last = now
-        time.sleep(0.1)
-    return now
 
 
 def image_exists(bed: DockerBed, image: str) -> bool:
@@ -433,6 +425,7 @@ class Scene:
             "DOCKER_IMAGE_CLEANER_DELAY_SECONDS": DELAY,
             "FSM_CLEANER_STOP_TIMEOUT_SECONDS": STOP_TIMEOUT,
             "FSM_CLEANER_API_TIMEOUT_SECONDS": API_READ_TIMEOUT,
+            "FSM_CLEANER_RETRY_ATTEMPTS": RETRY_ATTEMPTS,
         }
         base.update(settings)
         return agent_env(self.bed, self.tmp, **base)
@@ -492,7 +485,7 @@ def make_scene(bed: DockerBed, cluster: FakeKube, tmp: Path, *, cordoned: bool =
             node["spec"]["unschedulable"] = cordoned
             node["metadata"]["annotations"].update(annotations or {})
         cluster.mutate(NODE, change)
-    high = round(settled_usage(bed) - margin, 2)
+    high = round(max(settled_usage(bed)) - margin, 2)
     watch = NodeWatch(cluster)
     before = watch.last()
     assert before.labels and before.annotations, "the node should carry a label and an annotation of its own"

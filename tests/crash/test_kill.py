@@ -13,7 +13,7 @@ import signal
 
 import pytest
 
-from tests.crash.conftest import RECOVER_BOUND, Agent, Row, Scene, image_exists, make_scene
+from tests.crash.conftest import RECOVER_BOUND, AgentProcess, Row, Scene, image_exists, make_scene
 
 # (case id, journal state whose write triggers the kill or None, what the journal says at the kill)
 KILL_POINTS = [
@@ -26,7 +26,7 @@ KILL_POINTS = [
 ]
 
 
-def kill_at(scene: Scene, agent: Agent, after_write_of: str | None) -> dict[str, float]:
+def kill_at(scene: Scene, agent: AgentProcess, after_write_of: str | None) -> dict[str, float]:
     """Arm the kill; returns a dict that gets the kill time under "t"."""
     killed: dict[str, float] = {}
 
@@ -40,7 +40,7 @@ def kill_at(scene: Scene, agent: Agent, after_write_of: str | None) -> dict[str,
     return killed
 
 
-def restart_and_check(scene: Scene, agents, row: Row, t_kill: float, journal_at_kill: str) -> Agent:
+def restart_and_check(scene: Scene, agents, row: Row, t_kill: float, journal_at_kill: str) -> AgentProcess:
     restarted = agents(scene.env(DOCKER_IMAGE_CLEANER_DELAY_SECONDS=0)).start()
     code = restarted.wait(60)
     assert code == 0, restarted.log

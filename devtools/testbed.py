@@ -15,9 +15,9 @@ Usage (library; stdlib + the ``docker`` SDK only, no pytest)::
 
 Command line (for demos; dockerd keeps running after ``up`` returns)::
 
-    eval "$(python -m tests.testbed up /tmp/bed --fill)"   # exports DOCKER_HOST, PATH_TO_CHECK
-    python -m tests.testbed status /tmp/bed
-    python -m tests.testbed down /tmp/bed
+    eval "$(python -m devtools.testbed up /tmp/bed --fill)"   # exports DOCKER_HOST, PATH_TO_CHECK
+    python -m devtools.testbed status /tmp/bed
+    python -m devtools.testbed down /tmp/bed
 
 Requirements: root, loop devices, Debian packages docker.io, containerd, runc, e2fsprogs,
 mount, busybox-static. No network is used; images are imported/built locally, never pulled.
@@ -48,7 +48,7 @@ from types import TracebackType
 import docker
 import docker.errors
 
-log = logging.getLogger("tests.testbed")
+log = logging.getLogger("devtools.testbed")
 
 MiB = 1024 * 1024
 BASE_REPO = "fsmtest/busybox"
@@ -759,9 +759,9 @@ def fill(bed: DockerBed, target_percent: float = 65.0) -> dict[str, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m tests.testbed",
+        prog="python -m devtools.testbed",
         description="Private dockerd on a loop-mounted ext4 for fsm-cleaner demos and tests.",
-        epilog='Example: eval "$(python -m tests.testbed up /tmp/bed --fill)"')
+        epilog='Example: eval "$(python -m devtools.testbed up /tmp/bed --fill)"')
     sub = p.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="start a bed (or report the running one); print exports")
     up.add_argument("root", type=Path)

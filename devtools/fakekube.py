@@ -1,14 +1,16 @@
-"""A small stateful fake Kubernetes API server for tests.
+"""A small stateful fake Kubernetes API server for tests, the demo and the benchmarks.
 
 The real ``kubernetes`` Python client talks to it over HTTP on 127.0.0.1, so tests exercise the
 client's actual wire behaviour (content types, status codes, exception classes) instead of mocks.
-Only what the fsm-cleaner agent needs is served: Nodes (get, list, patch, update) and Events
-(create, get, list in ``v1`` and ``events.k8s.io/v1``), plus ``/version``, ``/api``, ``/apis``,
-``/api/v1``, ``/apis/events.k8s.io/v1`` and ``/healthz``-style endpoints.
+Only what the fsm-cleaner agent and its tests use is served (``FakeKube.ROUTES``): a node's GET and
+PATCH (merge, strategic-merge and JSON patch, resourceVersion preconditions), the node list (for
+``kubectl get nodes``), core/v1 Event creation, and the discovery documents kubectl reads first.
+Faults (5xx, delays, dropped connections) are injected with ``fail``; tests act around requests
+with the ``on_request`` and ``before_reply`` hooks; every request is logged in ``requests``.
 
 Server side is stdlib only. Run in-process (``with FakeKube() as fk: ...``) or standalone::
 
-    python -m tests.fakekube --port 8081 --node NAME [--kubeconfig PATH]
+    python -m devtools.fakekube --port 8081 --node NAME [--kubeconfig PATH]
 
 which prints the URL on stdout and serves until SIGTERM/SIGINT.
 """
@@ -62,10 +64,7 @@ _REASONS: dict[int, str] = {
     504: "Timeout",
 }
 
-_NODE_PATH = re.compile(r"^/api/v1/nodes/([^/]+)$")
-# group "api/v1" or "apis/events.k8s.io/v1"; optional namespace; optional event name
-_EVENTS_PATH = re.compile(r"^/(api/v1|apis/events\.k8s\.io/v1)(?:/namespaces/([^/]+))?/events(?:/([^/]+))?$")
-_EVENT_API_VERSION = {"api/v1": "v1", "apis/events.k8s.io/v1": "events.k8s.io/v1"}
+_NODE_PATH = re.compile(r"^/api/v1/nodes/(?P<name>[^/]+)$")
 
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
@@ -81,6 +80,14 @@ class Request(NamedTuple):
     path: str  # without the query string
     content_type: str | None  # media type only, lower-cased, no parameters
     body: Any  # parsed JSON, the raw text if it was not JSON, or None
+
+
+class Call(NamedTuple):
+    """What a route's handler gets besides the path's named groups."""
+
+    query: dict[str, str]  # the last value of each query parameter
+    content_type: str | None
+    body: Any  # parsed JSON (the handler may change it: it is not the logged copy)
 
 
 class ApiError(Exception):
@@ -509,59 +516,6 @@ def node_errors(node: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Selectors
-# ---------------------------------------------------------------------------------------------
-
-
-def _split_selector(selector: str) -> list[str]:
-    """Split on commas outside parentheses (``env in (a,b),tier``)."""
-    parts, depth, cur = [], 0, ""
-    for ch in selector:
-        depth += ch == "("
-        depth -= ch == ")"
-        if ch == "," and depth == 0:
-            parts.append(cur.strip())
-            cur = ""
-        else:
-            cur += ch
-    parts.append(cur.strip())
-    return [p for p in parts if p]
-
-
-def _selector_matches(selector: str, lookup: Callable[[str], str | None]) -> bool:
-    """Label-selector grammar: ``k=v``, ``k==v``, ``k!=v``, ``k``, ``!k``, ``k in (..)``, notin."""
-    for req in _split_selector(selector):
-        m = re.fullmatch(r"(\S+)\s+(in|notin)\s+\((.*)\)", req)
-        if m:
-            values = {v.strip() for v in m.group(3).split(",")}
-            actual = lookup(m.group(1))
-            ok = actual in values if m.group(2) == "in" else actual not in values
-        elif m := re.fullmatch(r"([^!=\s]+)\s*(==|=|!=)\s*(\S*)", req):
-            actual = lookup(m.group(1))
-            ok = (actual == m.group(3)) if m.group(2) != "!=" else (actual != m.group(3))
-        elif m := re.fullmatch(r"!\s*(\S+)", req):
-            ok = lookup(m.group(1)) is None
-        elif re.fullmatch(r"[^!=\s()]+", req):
-            ok = lookup(req) is not None
-        else:
-            raise ApiError(400, f"unable to parse requirement: {req!r}")
-        if not ok:
-            return False
-    return True
-
-
-def _dotted(obj: Any, path: str) -> str | None:
-    """Field-selector lookup: scalars rendered the way the apiserver compares them."""
-    for part in path.split("."):
-        if not isinstance(obj, dict) or part not in obj:
-            return None
-        obj = obj[part]
-    if isinstance(obj, bool):
-        return "true" if obj else "false"
-    return None if isinstance(obj, (dict, list)) else str(obj)
-
-
-# ---------------------------------------------------------------------------------------------
 # HTTP plumbing
 # ---------------------------------------------------------------------------------------------
 
@@ -676,7 +630,7 @@ class _Handler(BaseHTTPRequestHandler):
         fake._log(Request(method, path, ctype, copy.deepcopy(body)))
 
         try:
-            fake._run_hooks(method, path)
+            fake._run_hooks(fake._on_request, method, path)
         except Exception as exc:  # a broken hook must show up in the test, not hang it
             self._send(500, status_body(500, f"fakekube on_request hook failed: {exc!r}"))
             return
@@ -703,6 +657,10 @@ class _Handler(BaseHTTPRequestHandler):
             code, obj = err.code, err.status()
         except Exception as exc:  # keep serving; report like the apiserver's panic handler
             code, obj = 500, status_body(500, f"Internal error occurred: {exc!r}")
+        try:
+            fake._run_hooks(fake._before_reply, method, path, code, obj)
+        except Exception as exc:
+            code, obj = 500, status_body(500, f"fakekube before_reply hook failed: {exc!r}")
         self._send(code, obj)
 
     def _send(self, code: int, obj: Any) -> None:
@@ -744,7 +702,8 @@ class FakeKube:
         self._nodes: dict[str, dict[str, Any]] = {}
         self._rv = 0
         self._faults: list[_Fault] = []
-        self._hooks: list[Callable[[str, str], None]] = []
+        self._on_request: list[Callable[[str, str], None]] = []
+        self._before_reply: list[Callable[[str, str, int, Any], None]] = []
         self.requests: list[Request] = []
         self.events: list[dict[str, Any]] = []
         self._server: _Server | None = None
@@ -937,13 +896,27 @@ class FakeKube:
             self._faults.clear()
 
     def on_request(self, fn: Callable[[str, str], None] | None) -> None:
-        """Add a hook ``fn(method, path)`` run before each request is served, outside the state
-        lock (so it may call ``mutate``). ``on_request(None)`` removes all hooks."""
+        """Add a hook ``fn(method, path)`` run for each request after it is logged and before it
+        is served (and before any fault), outside the state lock, so it may call ``mutate``,
+        ``fail`` or ``delete_node``: a concurrent writer racing the request. ``on_request(None)``
+        removes these hooks."""
         with self._lock:
             if fn is None:
-                self._hooks.clear()
+                self._on_request.clear()
             else:
-                self._hooks.append(fn)
+                self._on_request.append(fn)
+
+    def before_reply(self, fn: Callable[[str, str, int, Any], None] | None) -> None:
+        """Add a hook ``fn(method, path, code, body)`` run after a request has been served (a
+        write has been applied; ``body`` is the object or Status the client will get) and before
+        the reply is sent, outside the state lock. A test may kill the client there: its write
+        landed and it never learns it. Not run for requests answered by an injected fault.
+        ``before_reply(None)`` removes these hooks."""
+        with self._lock:
+            if fn is None:
+                self._before_reply.clear()
+            else:
+                self._before_reply.append(fn)
 
     def clear_requests(self) -> None:
         with self._lock:
@@ -959,11 +932,11 @@ class FakeKube:
         with self._lock:
             self.requests.append(request)
 
-    def _run_hooks(self, method: str, path: str) -> None:
+    def _run_hooks(self, hooks: list[Callable[..., None]], *args: Any) -> None:
         with self._lock:
-            hooks = list(self._hooks)
+            hooks = list(hooks)
         for hook in hooks:
-            hook(method, path)
+            hook(*args)
 
     def _take_fault(self, method: str, path: str) -> _Fault | None:
         with self._lock:
@@ -978,67 +951,28 @@ class FakeKube:
     def _fault_status(self, code: int, path: str) -> dict[str, Any]:
         m = _NODE_PATH.match(path)
         if m and code == 409:
-            return _conflict("nodes", unquote(m.group(1))).status()
+            return _conflict("nodes", unquote(m["name"])).status()
         if m and code == 404:
-            return _not_found("nodes", unquote(m.group(1))).status()
+            return _not_found("nodes", unquote(m["name"])).status()
         return status_body(code, f"fakekube: injected fault ({code})")
 
     def _dispatch(
         self, method: str, path: str, query: dict[str, str], ctype: str | None, body: Any
     ) -> tuple[int, Any]:
         path = path.rstrip("/") or "/"  # the client's VersionApi asks for "/version/"
-        if path in ("/healthz", "/livez", "/readyz") and method == "GET":
-            return 200, "ok"
-        if path == "/version" and method == "GET":
-            return 200, _VERSION
-        if path == "/api" and method == "GET":
-            return 200, {
-                "kind": "APIVersions",
-                "versions": ["v1"],
-                "serverAddressByClientCIDRs": [
-                    {"clientCIDR": "0.0.0.0/0", "serverAddress": f"{self.host}:{self.port}"}
-                ],
-            }
-        if path == "/apis" and method == "GET":
-            return 200, _API_GROUPS
-        if path == "/api/v1" and method == "GET":
-            return 200, _CORE_RESOURCES
-        if path == "/apis/events.k8s.io/v1" and method == "GET":
-            return 200, _EVENTS_RESOURCES
-        if "watch" in query and query["watch"] not in ("", "0", "false"):
-            raise ApiError(400, "fakekube does not implement watch")
-
-        with self._lock:  # one lock for all state: every request is serialised here
-            if path == "/api/v1/nodes":
-                if method == "GET":
-                    return 200, self._list_nodes(query)
-                raise _method_not_allowed()
-            m = _NODE_PATH.match(path)
+        if method == "GET" and path in _DISCOVERY:
+            return 200, _DISCOVERY[path](self)
+        allowed = False
+        for route_method, pattern, handler in self.ROUTES:
+            m = pattern.match(path)
             if m:
-                name = unquote(m.group(1))
-                if method == "GET":
-                    return 200, copy.deepcopy(self._get_node(name))
-                if method == "PATCH":
-                    return self._patch_node(name, ctype, body, query)
-                if method == "PUT":
-                    _require_json(ctype)
-                    return self._update_node(name, copy.deepcopy(body), query)
-                raise _method_not_allowed()
-            m = _EVENTS_PATH.match(path)
-            if m:
-                group, ns, name = m.group(1), m.group(2), m.group(3)
-                api_version = _EVENT_API_VERSION[group]
-                ns = unquote(ns) if ns else None
-                if name is not None:
-                    if method == "GET" and ns:
-                        return 200, self._get_event(api_version, ns, unquote(name))
-                    raise _method_not_allowed()
-                if method == "GET":
-                    return 200, self._list_events(api_version, ns, query)
-                if method == "POST" and ns:
-                    _require_json(ctype)
-                    return 201, self._create_event(api_version, ns, copy.deepcopy(body), query)
-                raise _method_not_allowed()
+                allowed = True
+                if route_method == method:
+                    params = {k: unquote(v) for k, v in m.groupdict().items()}
+                    with self._lock:  # one lock for all state: every request is serialised here
+                        return handler(self, Call(query, ctype, body), **params)
+        if allowed:
+            raise ApiError(405, "the server does not allow this method on the requested resource")
         raise ApiError(404, "the server could not find the requested resource", details={})
 
     # -- nodes ----------------------------------------------------------------------------------
@@ -1049,38 +983,21 @@ class FakeKube:
         except KeyError:
             raise _not_found("nodes", name) from None
 
-    def _list_nodes(self, query: dict[str, str]) -> dict[str, Any]:
-        items = [self._nodes[n] for n in sorted(self._nodes)]
-        if query.get("labelSelector"):
-            items = [
-                n
-                for n in items
-                if _selector_matches(
-                    query["labelSelector"], lambda k, n=n: n["metadata"].get("labels", {}).get(k)
-                )
-            ]
-        if query.get("fieldSelector"):
-            for req in _split_selector(query["fieldSelector"]):
-                field = re.split(r"!=|==|=", req, maxsplit=1)[0].strip()
-                if field not in ("metadata.name", "spec.unschedulable"):
-                    raise ApiError(400, f'field label not supported: "{field}"')
-            items = [
-                n
-                for n in items
-                if _selector_matches(
-                    query["fieldSelector"],
-                    # spec.unschedulable is indexed as "false" when unset
-                    lambda f, n=n: _dotted(n, f) or ("false" if f == "spec.unschedulable" else None),
-                )
-            ]
-        return {
+    def _read_node(self, call: Call, name: str) -> tuple[int, Any]:
+        return 200, copy.deepcopy(self._get_node(name))
+
+    def _list_nodes(self, call: Call) -> tuple[int, Any]:
+        if call.query.get("labelSelector") or call.query.get("fieldSelector"):
+            raise ApiError(400, "fakekube does not implement label or field selectors")
+        return 200, {
             "kind": "NodeList",
             "apiVersion": "v1",
             "metadata": {"resourceVersion": str(self._rv)},
-            "items": copy.deepcopy(items),
+            "items": [copy.deepcopy(self._nodes[n]) for n in sorted(self._nodes)],
         }
 
-    def _patch_node(self, name: str, ctype: str | None, patch: Any, query: dict[str, str]) -> tuple[int, Any]:
+    def _patch_node(self, call: Call, name: str) -> tuple[int, Any]:
+        ctype, patch = call.content_type, call.body
         if ctype not in PATCH_TYPES:
             raise ApiError(
                 415,
@@ -1106,11 +1023,11 @@ class FakeKube:
                 patched = strategic_merge_patch(current, patch)
                 if patched is _DELETE:
                     raise ApiError(400, "$patch: delete is not allowed at the root of the patch")
-        return self._update_node(name, patched, query)
+        return 200, self._store_node(name, patched)
 
-    def _update_node(self, name: str, new: Any, query: dict[str, str]) -> tuple[int, Any]:
-        """Shared tail of PUT and PATCH, in the apiserver's order: name check, resourceVersion
-        precondition (409), immutable fields, normalisation, validation (422), no-op detection."""
+    def _store_node(self, name: str, new: Any) -> dict[str, Any]:
+        """A patched node, stored in the apiserver's order: name check, resourceVersion precondition
+        (409), immutable fields, normalisation, validation (422), no-op detection."""
         old = self._get_node(name)
         if not isinstance(new, dict) or not isinstance(new.get("metadata", {}), dict):
             raise ApiError(400, "the request body is not a Node object")
@@ -1124,13 +1041,7 @@ class FakeKube:
                 f"the URL ({name})",
             )
         old_meta = old["metadata"]
-        # A resourceVersion in the body is a precondition; "0"/empty/absent means unconditional.
-        rv = meta.get("resourceVersion")
-        if rv not in (None, ""):
-            if not isinstance(rv, str) or not rv.isdigit():
-                raise ApiError(400, f"invalid resourceVersion: {rv!r}")
-            if int(rv) != 0 and rv != old_meta["resourceVersion"]:
-                raise _conflict("nodes", name)
+        check_resource_version(meta.get("resourceVersion"), old_meta["resourceVersion"], "nodes", name)
         uid = meta.get("uid")
         if uid not in (None, "") and uid != old_meta["uid"]:
             raise _invalid("Node", name, [("metadata.uid", f"Invalid value: {uid!r}: field is immutable")])
@@ -1144,21 +1055,21 @@ class FakeKube:
         errors = node_errors(new)
         if errors:
             raise _invalid("Node", name, errors)
-        if _json_equal(new, old):  # no-op: 200 with the stored object, revision unchanged
-            return 200, copy.deepcopy(old)
-        if query.get("dryRun") == "All":
-            return 200, new
+        if _json_equal(new, old):  # no-op: the stored object, revision unchanged
+            return copy.deepcopy(old)
         new["metadata"]["resourceVersion"] = self._next_rv()
         self._nodes[name] = new
-        return 200, copy.deepcopy(new)
+        return copy.deepcopy(new)
 
     # -- events ---------------------------------------------------------------------------------
 
-    def _create_event(self, api_version: str, ns: str, body: Any, query: dict[str, str]) -> dict[str, Any]:
+    def _create_event(self, call: Call, namespace: str) -> tuple[int, Any]:
+        _require_json(call.content_type)
+        body = call.body
         if not isinstance(body, dict) or not isinstance(body.get("metadata", {}), dict):
             raise ApiError(400, "the request body is not an Event object")
         meta = body.setdefault("metadata", {})
-        if meta.get("namespace") not in (None, "", ns):
+        if meta.get("namespace") not in (None, "", namespace):
             raise ApiError(
                 400,
                 "the namespace of the provided object does not match the namespace sent on the request",
@@ -1171,60 +1082,42 @@ class FakeKube:
                     "Event", "", [("metadata.name", "Required value: name or generateName is required")]
                 )
             name = prefix + "".join(random.choices(_NAME_SUFFIX_CHARS, k=5))
-        # v1 and events.k8s.io/v1 are two views of one storage, so names clash across both.
-        if any(e["metadata"]["namespace"] == ns and e["metadata"]["name"] == name for e in self.events):
+        if any((e["metadata"]["namespace"], e["metadata"]["name"]) == (namespace, name) for e in self.events):
             raise ApiError(
                 409,
                 f'events "{name}" already exists',
                 reason="AlreadyExists",
                 details={"name": name, "kind": "events"},
             )
-        meta.update(name=name, namespace=ns, uid=str(uuid.uuid4()), creationTimestamp=_now())
-        body["kind"], body["apiVersion"] = "Event", api_version
+        meta.update(name=name, namespace=namespace, uid=str(uuid.uuid4()), creationTimestamp=_now())
+        body["kind"], body["apiVersion"] = "Event", "v1"
         body = _drop_nulls(body)
-        if query.get("dryRun") == "All":
-            return body
         body["metadata"]["resourceVersion"] = self._next_rv()
         self.events.append(body)
-        return copy.deepcopy(body)
+        return 201, copy.deepcopy(body)
 
-    def _get_event(self, api_version: str, ns: str, name: str) -> dict[str, Any]:
-        for event in self.events:
-            m = event["metadata"]
-            if event["apiVersion"] == api_version and m["namespace"] == ns and m["name"] == name:
-                return copy.deepcopy(event)
-        raise _not_found("events" if api_version == "v1" else "events.events.k8s.io", name)
-
-    def _list_events(self, api_version: str, ns: str | None, query: dict[str, str]) -> dict[str, Any]:
-        # Only events created through the same API group: the fake does not convert between
-        # the core/v1 and events.k8s.io/v1 shapes (the client's models for each differ).
-        items = [
-            e
-            for e in self.events
-            if e["apiVersion"] == api_version and (ns is None or e["metadata"]["namespace"] == ns)
-        ]
-        if query.get("labelSelector"):
-            items = [
-                e
-                for e in items
-                if _selector_matches(
-                    query["labelSelector"], lambda k, e=e: e["metadata"].get("labels", {}).get(k)
-                )
-            ]
-        if query.get("fieldSelector"):
-            items = [
-                e for e in items if _selector_matches(query["fieldSelector"], lambda f, e=e: _dotted(e, f))
-            ]
-        return {
-            "kind": "EventList",
-            "apiVersion": api_version,
-            "metadata": {"resourceVersion": str(self._rv)},
-            "items": copy.deepcopy(items),
-        }
+    # The API served, besides discovery: (method, path pattern, handler). A handler gets the Call
+    # and the pattern's named groups, under the state lock, and returns (status code, object) or
+    # raises ApiError. Another resource (a coordination.k8s.io/v1
+    # Lease, a pod list) is its store in __init__, its handlers, its rows here and its entry in
+    # RESOURCES.
+    ROUTES: list[tuple[str, re.Pattern[str], Callable[..., tuple[int, Any]]]] = [
+        ("GET", re.compile(r"^/api/v1/nodes$"), _list_nodes),
+        ("GET", _NODE_PATH, _read_node),
+        ("PATCH", _NODE_PATH, _patch_node),
+        ("POST", re.compile(r"^/api/v1/namespaces/(?P<namespace>[^/]+)/events$"), _create_event),
+    ]
 
 
-def _method_not_allowed() -> ApiError:
-    return ApiError(405, "the server does not allow this method on the requested resource")
+def check_resource_version(sent: Any, stored: str, resource: str, name: str) -> None:
+    """A resourceVersion in a write's body is a precondition: 409 unless it is the stored one.
+    Absent, empty or "0" means unconditional."""
+    if sent in (None, ""):
+        return
+    if not isinstance(sent, str) or not sent.isdigit():
+        raise ApiError(400, f"invalid resourceVersion: {sent!r}")
+    if int(sent) != 0 and sent != stored:
+        raise _conflict(resource, name)
 
 
 def _require_json(ctype: str | None) -> None:
@@ -1236,6 +1129,17 @@ def _require_json(ctype: str | None) -> None:
             f'application/json (got "{ctype}")',
         )
 
+
+# Discovery: what each API group version serves (kubectl reads these before it lists nodes).
+# Core resources are under "v1", a group's under "GROUP/VERSION".
+RESOURCES: dict[str, list[dict[str, Any]]] = {
+    "v1": [
+        {"name": "nodes", "singularName": "node", "namespaced": False, "kind": "Node",
+         "verbs": ["get", "list", "patch"], "shortNames": ["no"]},
+        {"name": "events", "singularName": "event", "namespaced": True, "kind": "Event",
+         "verbs": ["create"], "shortNames": ["ev"]},
+    ],
+}
 
 _VERSION: dict[str, str] = {
     "major": "1",
@@ -1249,54 +1153,43 @@ _VERSION: dict[str, str] = {
     "platform": "linux/amd64",
 }
 
-_API_GROUPS: dict[str, Any] = {
-    "kind": "APIGroupList",
-    "apiVersion": "v1",
-    "groups": [
-        {
-            "name": "events.k8s.io",
-            "versions": [{"groupVersion": "events.k8s.io/v1", "version": "v1"}],
-            "preferredVersion": {"groupVersion": "events.k8s.io/v1", "version": "v1"},
-        }
-    ],
-}
 
-_EVENT_RESOURCE: dict[str, Any] = {
-    "name": "events",
-    "singularName": "event",
-    "namespaced": True,
-    "kind": "Event",
-    "verbs": ["create", "get", "list"],
-    "shortNames": ["ev"],
-}
+def _resource_list(group_version: str) -> dict[str, Any]:
+    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version,
+            "resources": RESOURCES[group_version]}
 
-_CORE_RESOURCES: dict[str, Any] = {
-    "kind": "APIResourceList",
-    "groupVersion": "v1",
-    "resources": [
-        {
-            "name": "nodes",
-            "singularName": "node",
-            "namespaced": False,
-            "kind": "Node",
-            "verbs": ["get", "list", "patch", "update"],
-            "shortNames": ["no"],
-        },
-        _EVENT_RESOURCE,
-    ],
-}
 
-_EVENTS_RESOURCES: dict[str, Any] = {
-    "kind": "APIResourceList",
-    "apiVersion": "v1",
-    "groupVersion": "events.k8s.io/v1",
-    "resources": [_EVENT_RESOURCE],
+def _group_list() -> dict[str, Any]:
+    groups = []
+    for group_version in RESOURCES:
+        if "/" in group_version:
+            name, version = group_version.split("/")
+            entry = {"groupVersion": group_version, "version": version}
+            groups.append({"name": name, "versions": [entry], "preferredVersion": entry})
+    return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
+
+
+_DISCOVERY: dict[str, Callable[[FakeKube], Any]] = {
+    "/healthz": lambda fake: "ok",
+    "/livez": lambda fake: "ok",
+    "/readyz": lambda fake: "ok",
+    "/version": lambda fake: _VERSION,
+    "/api": lambda fake: {
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [
+            {"clientCIDR": "0.0.0.0/0", "serverAddress": f"{fake.host}:{fake.port}"}
+        ],
+    },
+    "/apis": lambda fake: _group_list(),
+    "/api/v1": lambda fake: _resource_list("v1"),
+    **{f"/apis/{gv}": (lambda fake, gv=gv: _resource_list(gv)) for gv in RESOURCES if "/" in gv},
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.fakekube", description="Serve a fake Kubernetes API until SIGTERM."
+        prog="python -m devtools.fakekube", description="Serve a fake Kubernetes API until SIGTERM."
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081, help="0 picks a free port")
