@@ -86,9 +86,21 @@ class Config:
         return "%" if self.threshold_type == "relative" else "bytes"
 
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?)?B?\s*$", re.IGNORECASE)
+# A number as float() reads it (40e9, 1_000, surrounding spaces: docker-image-cleaner's parse), then an
+# optional unit.
+_SIZE = re.compile(r"^\s*(.+?)\s*([KMGT]i?)?B?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
           "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+# Any Docker data directory holds more than this, so a lower THRESHOLD_HIGH would start a cycle at every
+# measurement; it catches "40" meant as GB. (docker-image-cleaner's floor was 1 GiB.)
+MIN_ABSOLUTE_HIGH = 2**20
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
 
 
 def _number(var: str, raw: str, *, minimum: float = 0, integer: bool = False) -> float:
@@ -102,23 +114,27 @@ def _number(var: str, raw: str, *, minimum: float = 0, integer: bool = False) ->
     return value
 
 
-def _threshold(var: str, raw: str, kind: str) -> float:
+def _threshold(var: str, raw: str, kind: str, *, floor: float = 0) -> float:
     if kind == "relative":
-        try:
-            value = float(raw)
-        except ValueError:
-            value = math.nan
+        value = _float(raw)
         if not 0 <= value <= 100:
             raise ConfigError(f"{var}={raw!r} is not a percentage; accepted: a number from 0 to 100 "
                               "(or set THRESHOLD_TYPE=absolute for a size in bytes)")
         return value
     match = _SIZE.match(raw)
-    if not match:
+    value = _float(match[1]) * _UNITS[(match[2] or "").lower()] if match else math.nan
+    if not (math.isfinite(value) and value >= 0):
         raise ConfigError(
-            f"{var}={raw!r} is not a size in bytes; accepted: a number of bytes, optionally with a "
-            "unit K, M, G, T (powers of 1000) or Ki, Mi, Gi, Ti (powers of 1024), e.g. 50Gi"
+            f"{var}={raw!r} is not a size in bytes; accepted: a number of bytes such as 40e9 or "
+            "40000000000, optionally with a unit K, M, G, T (powers of 1000) or Ki, Mi, Gi, Ti (powers "
+            "of 1024), e.g. 50Gi"
         )
-    return float(match[1]) * _UNITS[(match[2] or "").lower()]
+    if value < floor:
+        raise ConfigError(
+            f"{var}={raw!r} is below 1 MiB: every measurement would start a cycle; accepted: a size of "
+            "at least 1Mi (1048576 bytes), e.g. 40e9 or 50Gi (absolute mode counts bytes, not GB)"
+        )
+    return value
 
 
 def _bool(var: str, raw: str) -> bool:
@@ -168,7 +184,7 @@ def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         # 80 bytes would mean "always clean"; docker-image-cleaner refused it too (below 1 GB)
         raise ConfigError("THRESHOLD_HIGH is unset in absolute mode; accepted: a size such as 50Gi in "
                           "FSM_CLEANER_THRESHOLD_HIGH or DOCKER_IMAGE_CLEANER_THRESHOLD_HIGH")
-    high = get("THRESHOLD_HIGH", lambda v, r: _threshold(v, r, kind))
+    high = get("THRESHOLD_HIGH", lambda v, r: _threshold(v, r, kind, floor=MIN_ABSOLUTE_HIGH))
     low = get("THRESHOLD_LOW", lambda v, r: _threshold(v, r, kind))
     if low is not None and low > high:
         var_low, raw_low = _lookup("THRESHOLD_LOW", env, overrides)
