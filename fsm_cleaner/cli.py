@@ -58,15 +58,21 @@ def _logging(level: str) -> None:
 def _kube(node_name: str | None, namespace: str = "default") -> Kube | None:
     if node_name is None:
         return None
+    import yaml
     from kubernetes.config import ConfigException
 
     from .kube import Kube, connect
     try:
         api = connect()
-    except (ConfigException, OSError) as e:
+    except (ConfigException, OSError, yaml.YAMLError, ValueError, TypeError, KeyError, AttributeError) as e:
+        # Loading credentials touches no network: any failure here is the kubeconfig's content or its
+        # absence (the client reports malformed YAML as YAMLError, the wrong shape as TypeError...).
+        where = os.environ.get("KUBECONFIG") or "~/.kube/config"
+        reason = (str(e).splitlines() or [""])[0][:200]
         raise ConfigError(
-            f"NODE_NAME={node_name!r} is set but no Kubernetes credentials were found ({e}); "
-            "accepted: run in a pod with a service account, or set KUBECONFIG"
+            f"NODE_NAME={node_name!r} is set but no Kubernetes credentials could be loaded: not in a pod "
+            f"with a service account, and kubeconfig {where!r} is unusable ({type(e).__name__}: {reason}); "
+            "accepted: a service account, or KUBECONFIG naming a readable kubeconfig file"
         ) from None
     return Kube(api, node_name, namespace)
 
@@ -89,7 +95,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    kube = _kube(config.raw("NODE_NAME", NODE_NAME=args.NODE_NAME) or None)
+    kube = _kube(config.one("NODE_NAME", NODE_NAME=args.NODE_NAME))
     if kube is None:
         raise ConfigError("NODE_NAME is not set; accepted: --node-name NODE or FSM_CLEANER_NODE_NAME")
     from .journal import ANNOTATION, LEGACY_ANNOTATION, JournalError

@@ -137,6 +137,21 @@ def _threshold(var: str, raw: str, kind: str, *, floor: float = 0) -> float:
     return value
 
 
+# Kubernetes names nodes with DNS-1123 subdomains; anything else can only 404.
+_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def _node_name(var: str, raw: str) -> str | None:
+    name = raw.strip()
+    if name and (len(name) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(name)):
+        raise ConfigError(
+            f"{var}={raw!r} is not a Kubernetes node name; accepted: a DNS-1123 subdomain (lower-case "
+            "letters, digits, '-' and '.', starting and ending with a letter or digit, at most 253 "
+            "characters), as the downward API's spec.nodeName gives it"
+        )
+    return name or None
+
+
 def _bool(var: str, raw: str) -> bool:
     low = raw.strip().lower()
     if low in ("1", "true", "yes", "on"):
@@ -168,6 +183,16 @@ def raw(name: str, env: Mapping[str, str] | None = None, **overrides: Any) -> st
     return _lookup(name, os.environ if env is None else env, overrides)[1]
 
 
+# The settings a command reads alone (status, healthcheck), with their parsers.
+_ALONE: dict[str, Callable[[str, str], Any]] = {"NODE_NAME": _node_name}
+
+
+def one(name: str, env: Mapping[str, str] | None = None, **overrides: Any) -> Any:
+    """One setting validated as load() validates it, for the commands that read only that one."""
+    var, value = _lookup(name, os.environ if env is None else env, overrides)
+    return None if value is None else _ALONE[name](var, value)
+
+
 def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
     """Read and validate every setting; ``overrides`` are command-line values by setting name."""
     env = os.environ if env is None else env
@@ -196,9 +221,8 @@ def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
     path_var, path = _lookup("PATH_TO_CHECK", env, overrides)
     if not os.path.isdir(path or ""):
         raise ConfigError(f"{path_var}={path!r} does not exist; accepted: an existing directory")
-    node = get("NODE_NAME")
     return Config(
-        node_name=node.strip() if node and node.strip() else None,
+        node_name=get("NODE_NAME", _node_name),
         path_to_check=path,
         interval_seconds=get("INTERVAL_SECONDS", lambda v, r: _number(v, r, minimum=1)),
         delay_seconds=get("DELAY_SECONDS", _number),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from fsm_cleaner.config import SETTINGS
 from fsm_cleaner.journal import ANNOTATION, LEGACY_ANNOTATION, Journal
 from tests.conftest import NODE, REPO, agent_env
@@ -51,3 +53,24 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     readme = (REPO / "README.md").read_text()
     missing = [s.name for s in SETTINGS if f"`{s.name}`" not in readme]
     assert not missing, f"README.md's configuration table lacks {missing}"
+
+
+def test_status_refuses_a_node_name_kubernetes_cannot_have(cluster: FakeKube, tmp_path) -> None:
+    out = status(tmp_path, "--node-name", "Node_1")
+    assert out.returncode == 2, out.stderr
+    assert "--node-name='Node_1' is not a Kubernetes node name" in out.stderr and "DNS-1123" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("kubeconfig", ["apiVersion: v1\nclusters: [\n  - {name: x\n", "- a\n- b\n",
+                                        "clusters: 5\ncontexts: 7\ncurrent-context: x\n", "\x00\xff"])
+def test_a_malformed_kubeconfig_is_a_configuration_error(tmp_path, kubeconfig: str) -> None:
+    path = tmp_path / "kubeconfig"
+    path.write_bytes(kubeconfig.encode("latin-1"))
+    env = agent_env(None, tmp_path) | {"KUBECONFIG": str(path), "FSM_CLEANER_PATH_TO_CHECK": str(tmp_path)}
+    for command in (["status"], ["run", "--once", "--dry-run"]):
+        out = subprocess.run([sys.executable, "-m", "fsm_cleaner", *command], capture_output=True, text=True,
+                             env=env, cwd=REPO, timeout=60)
+        assert out.returncode == 2, out.stderr
+        assert "Traceback" not in out.stderr
+        assert f"kubeconfig {str(path)!r}" in out.stderr and "accepted:" in out.stderr

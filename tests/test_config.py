@@ -131,3 +131,18 @@ def test_the_old_tools_values_keep_their_meaning(tmp_path, name, raw, kind, ours
     assert getattr(load(tmp_path, **env), name.lower()) == ours
     if old is not None and name != "THRESHOLD_LOW":  # what the old tool accepted keeps its meaning
         assert old == ours
+
+
+@pytest.mark.parametrize("name", ["Node-1", "node_1", "pool/node-1", "-node", "node-", "node..1", "a" * 254,
+                                  "nöde", "node 1"])
+def test_a_node_name_kubernetes_cannot_have_is_refused(tmp_path, name: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, DOCKER_IMAGE_CLEANER_NODE_NAME=name)
+    assert f"DOCKER_IMAGE_CLEANER_NODE_NAME={name!r} is not a Kubernetes node name" in str(err.value)
+    assert "accepted: a DNS-1123 subdomain" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["n1", "node-1", "ip-10-0-0-7.ec2.internal", "gke-pool-1-a2b3", "a" * 253,
+                                  " node-1 "])
+def test_real_node_names_are_accepted(tmp_path, name: str) -> None:
+    assert load(tmp_path, FSM_CLEANER_NODE_NAME=name).node_name == name.strip()
