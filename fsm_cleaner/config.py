@@ -94,6 +94,8 @@ _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
 # Any Docker data directory holds more than this, so a lower THRESHOLD_HIGH would start a cycle at every
 # measurement; it catches "40" meant as GB. (docker-image-cleaner's floor was 1 GiB.)
 MIN_ABSOLUTE_HIGH = 2**20
+# Every retry waits at least this long (retry.py), so RETRY_MAX_WAIT_SECONDS cannot be lower.
+RETRY_MIN_WAIT_SECONDS = 0.5
 
 
 def _float(text: str) -> float:
@@ -232,7 +234,8 @@ def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         timeout_seconds=get("TIMEOUT_SECONDS", lambda v, r: _number(v, r, minimum=1)),
         api_timeout_seconds=get("API_TIMEOUT_SECONDS", lambda v, r: _number(v, r, minimum=0.1)),
         retry_attempts=get("RETRY_ATTEMPTS", lambda v, r: _number(v, r, minimum=1, integer=True)),
-        retry_max_wait_seconds=get("RETRY_MAX_WAIT_SECONDS", _number),
+        retry_max_wait_seconds=get("RETRY_MAX_WAIT_SECONDS",
+                                   lambda v, r: _number(v, r, minimum=RETRY_MIN_WAIT_SECONDS)),
         retry_total_seconds=get("RETRY_TOTAL_SECONDS", _number),
         uncordon_retry_seconds=get("UNCORDON_RETRY_SECONDS", _number),
         stop_timeout_seconds=get("STOP_TIMEOUT_SECONDS", lambda v, r: _number(v, r, minimum=1)),

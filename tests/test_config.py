@@ -146,3 +146,11 @@ def test_a_node_name_kubernetes_cannot_have_is_refused(tmp_path, name: str) -> N
                                   " node-1 "])
 def test_real_node_names_are_accepted(tmp_path, name: str) -> None:
     assert load(tmp_path, FSM_CLEANER_NODE_NAME=name).node_name == name.strip()
+
+
+@pytest.mark.parametrize("value", ["0", "0.1", "-1"])
+def test_a_retry_max_wait_below_the_floor_is_refused(tmp_path, value: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, FSM_CLEANER_RETRY_MAX_WAIT_SECONDS=value)
+    assert f"FSM_CLEANER_RETRY_MAX_WAIT_SECONDS={value!r}" in str(err.value)
+    assert f"accepted: a number >= {config.RETRY_MIN_WAIT_SECONDS:g}" in str(err.value)
