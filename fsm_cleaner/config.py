@@ -94,6 +94,10 @@ _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
 # Any Docker data directory holds more than this, so a lower THRESHOLD_HIGH would start a cycle at every
 # measurement; it catches "40" meant as GB. (docker-image-cleaner's floor was 1 GiB.)
 MIN_ABSOLUTE_HIGH = 2**20
+# A Kubernetes request in flight when SIGTERM lands runs to its read timeout (API_TIMEOUT_SECONDS); only
+# the requests after it are cut to the stop bound. What the bound must still hold after it: the stop's
+# 3 s margin for the last round trip (agent.py) and 2 s for a last uncordon attempt.
+STOP_ROOM_SECONDS = 5
 # Every retry waits at least this long (retry.py), so RETRY_MAX_WAIT_SECONDS cannot be lower.
 RETRY_MIN_WAIT_SECONDS = 0.5
 
@@ -223,6 +227,18 @@ def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
     path_var, path = _lookup("PATH_TO_CHECK", env, overrides)
     if not os.path.isdir(path or ""):
         raise ConfigError(f"{path_var}={path!r} does not exist; accepted: an existing directory")
+    api_timeout = get("API_TIMEOUT_SECONDS", lambda v, r: _number(v, r, minimum=0.1))
+    stop_timeout = get("STOP_TIMEOUT_SECONDS", lambda v, r: _number(v, r, minimum=1))
+    if api_timeout > stop_timeout - STOP_ROOM_SECONDS:
+        (api_var, api_raw), (stop_var, stop_raw) = (_lookup(n, env, overrides) for n in
+                                                    ("API_TIMEOUT_SECONDS", "STOP_TIMEOUT_SECONDS"))
+        raise ConfigError(
+            f"{api_var}={api_raw!r} breaks the stop bound {stop_var}={stop_raw!r}: a request in flight "
+            f"when SIGTERM lands may take that long, and the stop needs {STOP_ROOM_SECONDS} s more; "
+            f"accepted: API_TIMEOUT_SECONDS <= STOP_TIMEOUT_SECONDS - {STOP_ROOM_SECONDS} (here at most "
+            f"{stop_timeout - STOP_ROOM_SECONDS:g}), or a larger STOP_TIMEOUT_SECONDS with the pod's "
+            "terminationGracePeriodSeconds above it"
+        )
     return Config(
         node_name=get("NODE_NAME", _node_name),
         path_to_check=path,
@@ -232,13 +248,13 @@ def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         threshold_high=high,
         threshold_low=low,
         timeout_seconds=get("TIMEOUT_SECONDS", lambda v, r: _number(v, r, minimum=1)),
-        api_timeout_seconds=get("API_TIMEOUT_SECONDS", lambda v, r: _number(v, r, minimum=0.1)),
+        api_timeout_seconds=api_timeout,
         retry_attempts=get("RETRY_ATTEMPTS", lambda v, r: _number(v, r, minimum=1, integer=True)),
         retry_max_wait_seconds=get("RETRY_MAX_WAIT_SECONDS",
                                    lambda v, r: _number(v, r, minimum=RETRY_MIN_WAIT_SECONDS)),
         retry_total_seconds=get("RETRY_TOTAL_SECONDS", _number),
         uncordon_retry_seconds=get("UNCORDON_RETRY_SECONDS", _number),
-        stop_timeout_seconds=get("STOP_TIMEOUT_SECONDS", lambda v, r: _number(v, r, minimum=1)),
+        stop_timeout_seconds=stop_timeout,
         heartbeat_file=get("HEARTBEAT_FILE"),
         heartbeat_max_age_seconds=get("HEARTBEAT_MAX_AGE_SECONDS", lambda v, r: _number(v, r, minimum=1)),
         events_namespace=get("EVENTS_NAMESPACE"),

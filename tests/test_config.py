@@ -154,3 +154,19 @@ def test_a_retry_max_wait_below_the_floor_is_refused(tmp_path, value: str) -> No
         load(tmp_path, FSM_CLEANER_RETRY_MAX_WAIT_SECONDS=value)
     assert f"FSM_CLEANER_RETRY_MAX_WAIT_SECONDS={value!r}" in str(err.value)
     assert f"accepted: a number >= {config.RETRY_MIN_WAIT_SECONDS:g}" in str(err.value)
+
+
+@pytest.mark.parametrize("api,stop,ok", [("15", "25", True), ("20", "25", True), ("1.5", "10", True),
+                                         ("40", "25", False), ("20.5", "25", False), ("15", "10", False)])
+def test_the_api_timeout_must_leave_room_inside_the_stop_bound(tmp_path, api: str, stop: str,
+                                                               ok: bool) -> None:
+    env = {"FSM_CLEANER_API_TIMEOUT_SECONDS": api, "FSM_CLEANER_STOP_TIMEOUT_SECONDS": stop}
+    if ok:
+        assert load(tmp_path, **env).api_timeout_seconds == float(api)
+        return
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, **env)
+    message = str(err.value)
+    assert f"FSM_CLEANER_API_TIMEOUT_SECONDS={api!r}" in message
+    assert f"FSM_CLEANER_STOP_TIMEOUT_SECONDS={stop!r}" in message
+    assert "accepted: API_TIMEOUT_SECONDS <= STOP_TIMEOUT_SECONDS - 5" in message
