@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import stat
 import sys
 import time
 from datetime import datetime, timezone
@@ -139,17 +140,17 @@ def _ago(since: str) -> str:
 def cmd_healthcheck(_: argparse.Namespace) -> int:
     # Only the two settings it needs: a liveness probe must not fail over an unrelated one.
     path = config.raw("HEARTBEAT_FILE") or ""
-    limit_raw = config.raw("HEARTBEAT_MAX_AGE_SECONDS") or ""
+    limit = config.one("HEARTBEAT_MAX_AGE_SECONDS")
     try:
-        limit = float(limit_raw)
-    except ValueError:
-        raise ConfigError(f"FSM_CLEANER_HEARTBEAT_MAX_AGE_SECONDS={limit_raw!r} is not a number; "
-                          "accepted: a number of seconds") from None
-    try:
-        age = time.time() - os.stat(path).st_mtime
+        beat = os.stat(path)
     except OSError as e:
         print(f"unhealthy: no heartbeat at {path} ({e.strerror})", file=sys.stderr)
         return 1
+    if not stat.S_ISREG(beat.st_mode):  # a directory's mtime says nothing about the loop
+        kind = "a directory" if stat.S_ISDIR(beat.st_mode) else "not a regular file"
+        print(f"unhealthy: {path} is {kind}, not the heartbeat file (HEARTBEAT_FILE)", file=sys.stderr)
+        return 1
+    age = time.time() - beat.st_mtime
     if age > limit:
         print(f"unhealthy: heartbeat {age:.0f} s old (limit {limit:g} s)", file=sys.stderr)
         return 1

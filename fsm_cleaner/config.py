@@ -7,6 +7,7 @@ default. Every value is validated before the agent touches Docker or the node: a
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -190,7 +191,10 @@ def raw(name: str, env: Mapping[str, str] | None = None, **overrides: Any) -> st
 
 
 # The settings a command reads alone (status, healthcheck), with their parsers.
-_ALONE: dict[str, Callable[[str, str], Any]] = {"NODE_NAME": _node_name}
+_ALONE: dict[str, Callable[[str, str], Any]] = {
+    "NODE_NAME": _node_name,
+    "HEARTBEAT_MAX_AGE_SECONDS": functools.partial(_number, minimum=1),
+}
 
 
 def one(name: str, env: Mapping[str, str] | None = None, **overrides: Any) -> Any:
@@ -256,7 +260,7 @@ def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         uncordon_retry_seconds=get("UNCORDON_RETRY_SECONDS", _number),
         stop_timeout_seconds=stop_timeout,
         heartbeat_file=get("HEARTBEAT_FILE"),
-        heartbeat_max_age_seconds=get("HEARTBEAT_MAX_AGE_SECONDS", lambda v, r: _number(v, r, minimum=1)),
+        heartbeat_max_age_seconds=get("HEARTBEAT_MAX_AGE_SECONDS", _ALONE["HEARTBEAT_MAX_AGE_SECONDS"]),
         events_namespace=get("EVENTS_NAMESPACE"),
         dry_run=get("DRY_RUN", _bool),
         log_level=get("LOG_LEVEL", lambda v, r: _choice(v, r, ("debug", "info", "warning", "error"))).upper(),

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 
 import pytest
 
+from fsm_cleaner.cli import main
 from fsm_cleaner.config import SETTINGS
 from fsm_cleaner.journal import ANNOTATION, LEGACY_ANNOTATION, Journal
 from tests.conftest import NODE, REPO, agent_env
@@ -74,3 +77,39 @@ def test_a_malformed_kubeconfig_is_a_configuration_error(tmp_path, kubeconfig: s
         assert out.returncode == 2, out.stderr
         assert "Traceback" not in out.stderr
         assert f"kubeconfig {str(path)!r}" in out.stderr and "accepted:" in out.stderr
+
+
+def healthcheck(monkeypatch, capsys, heartbeat, max_age: str | None = None) -> tuple[int, str]:
+    monkeypatch.setenv("FSM_CLEANER_HEARTBEAT_FILE", str(heartbeat))
+    if max_age is not None:
+        monkeypatch.setenv("FSM_CLEANER_HEARTBEAT_MAX_AGE_SECONDS", max_age)
+    code = main(["healthcheck"])
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+@pytest.mark.parametrize("max_age", ["nan", "inf", "-5", "0", "soon"])
+def test_healthcheck_refuses_a_max_age_that_cannot_work(monkeypatch, capsys, tmp_path, max_age: str) -> None:
+    (tmp_path / "heartbeat").touch()
+    code, out = healthcheck(monkeypatch, capsys, tmp_path / "heartbeat", max_age)
+    assert code == 2
+    assert f"FSM_CLEANER_HEARTBEAT_MAX_AGE_SECONDS={max_age!r}" in out and "accepted: a number >= 1" in out
+
+
+def test_healthcheck_judges_the_heartbeats_age(monkeypatch, capsys, tmp_path) -> None:
+    beat = tmp_path / "heartbeat"
+    beat.touch()
+    assert healthcheck(monkeypatch, capsys, beat, "60")[0] == 0
+    old = time.time() - 120
+    os.utime(beat, (old, old))
+    code, out = healthcheck(monkeypatch, capsys, beat, "60")
+    assert code == 1 and "unhealthy: heartbeat 120 s old (limit 60 s)" in out
+    code, out = healthcheck(monkeypatch, capsys, tmp_path / "none", "60")
+    assert code == 1 and "no heartbeat" in out
+
+
+def test_a_directory_is_not_a_heartbeat(monkeypatch, capsys, tmp_path) -> None:
+    # e.g. HEARTBEAT_FILE set to the emptyDir's mount point: its mtime says nothing about the loop
+    code, out = healthcheck(monkeypatch, capsys, tmp_path)
+    assert code == 1
+    assert f"unhealthy: {tmp_path} is a directory, not the heartbeat file" in out
