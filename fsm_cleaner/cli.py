@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import stat
 import sys
 import time
+import unicodedata
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
@@ -99,23 +101,33 @@ def cmd_status(args: argparse.Namespace) -> int:
     kube = _kube(config.one("NODE_NAME", NODE_NAME=args.NODE_NAME))
     if kube is None:
         raise ConfigError("NODE_NAME is not set; accepted: --node-name NODE or FSM_CLEANER_NODE_NAME")
-    from .journal import ANNOTATION, LEGACY_ANNOTATION, JournalError
+    import urllib3.exceptions
+    from kubernetes.client.exceptions import ApiException
 
-    node = kube.read()
+    from .journal import ANNOTATION, LEGACY_ANNOTATION, JournalError
+    from .kube import NodeGone
+    from .retry import short_error
+
+    try:
+        node = kube.read()
+    except (NodeGone, ApiException, urllib3.exceptions.HTTPError) as e:
+        print(f"fsm-cleaner: cannot read node {kube.node_name!r}: {short_error(e)}", file=sys.stderr)
+        return 1
     print(f"node:         {node.name}")
     print(f"schedulable:  {'no (cordoned)' if node.unschedulable else 'yes'}")
     state = None
     try:
         entry = node.journal()
     except JournalError as e:
-        print(f"journal:      UNREADABLE — {e}")
+        print(f"journal:      UNREADABLE — {_printable(str(e))}")
     else:
         if entry is None:
             print(f"journal:      none (no {ANNOTATION} annotation: fsm-cleaner never cleaned this node)")
         else:
             state = entry.state
-            print(f"state:        {entry.state} since {entry.since}{_ago(entry.since)}, "
-                  f"written by {entry.holder}")
+            since = _printable(entry.since) + _ago(entry.since)
+            print(f"state:        {_printable(entry.state)} since {since}, "
+                  f"written by {_printable(entry.holder)}")
             print(f"cordoned by fsm-cleaner: {'yes' if entry.cordoned_by_us else 'no'}; "
                   f"unschedulable before the cycle: {'yes' if entry.was_unschedulable else 'no'}")
     if LEGACY_ANNOTATION in node.annotations:
@@ -129,11 +141,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ago(since: str) -> str:
+def _printable(value: object) -> str:
+    """A journal field as the terminal may show it: a non-string as JSON, control and format
+    characters (escape sequences, bidi overrides) escaped, as anyone who can patch the node wrote it."""
+    text = value if isinstance(value, str) else json.dumps(value)
+    return "".join(c.encode("unicode_escape").decode() if unicodedata.category(c)[0] == "C" else c
+                   for c in text)
+
+
+def _ago(since: object) -> str:
+    """' (N s ago)' for a time with a zone; nothing for what is not a time (status shows, never guesses)."""
+    if not isinstance(since, str):
+        return ""
     try:
         then = datetime.fromisoformat(since.replace("Z", "+00:00"))
     except ValueError:
         return ""
+    if then.tzinfo is None:
+        return " (no time zone: age unknown)"
     return f" ({int((datetime.now(timezone.utc) - then).total_seconds())} s ago)"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -113,3 +114,42 @@ def test_a_directory_is_not_a_heartbeat(monkeypatch, capsys, tmp_path) -> None:
     code, out = healthcheck(monkeypatch, capsys, tmp_path)
     assert code == 1
     assert f"unhealthy: {tmp_path} is a directory, not the heartbeat file" in out
+
+
+ESC = "\x1b]0;pwned\x07\x1b[2J\u202e"  # retitle the terminal, clear it, reverse the text
+
+
+@pytest.mark.parametrize("fields,shown", [
+    ({"since": 1764385200}, "since 1764385200,"),
+    ({"since": None}, "since null,"),
+    ({"since": "2026-11-29T03:00:00"}, "since 2026-11-29T03:00:00 (no time zone: age unknown),"),
+    ({"since": "yesterday"}, "since yesterday,"),
+    ({"since": "0001-01-01T00:00:00+14:00"}, "since 0001-01-01T00:00:00+14:00"),
+    ({"since": ["2026"], "holder": {"pod": 1}}, 'written by {"pod": 1}'),
+    ({"state": "PruningAll" + ESC, "holder": "pod" + ESC},
+     "PruningAll\\x1b]0;pwned\\x07\\x1b[2J\\u202e since"),
+], ids=["numeric since", "null since", "no zone", "not a time", "year 1", "odd types", "escapes"])
+def test_status_shows_any_journal_without_a_traceback_or_raw_control_characters(
+        cluster: FakeKube, tmp_path, fields: dict, shown: str) -> None:
+    entry = {"state": "PruningAll", "cordoned_by_us": True, "was_unschedulable": False,
+             "since": "2026-11-29T03:00:00Z", "holder": "pod-a"} | fields
+    cluster.mutate(NODE, lambda n: n["metadata"]["annotations"].update({ANNOTATION: json.dumps(entry)}))
+    out = status(tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr
+    assert shown in out.stdout
+    assert not any(c in out.stdout for c in "\x1b\x07\u202e")
+
+
+def test_status_escapes_an_unreadable_journal(cluster: FakeKube, tmp_path) -> None:
+    cluster.mutate(NODE, lambda n: n["metadata"]["annotations"].update({ANNOTATION: "{half" + ESC}))
+    out = status(tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "UNREADABLE" in out.stdout and "\\x1b" in out.stdout
+    assert not any(c in out.stdout for c in "\x1b\x07\u202e")
+
+
+def test_status_of_a_node_that_does_not_exist_says_so(cluster: FakeKube, tmp_path) -> None:
+    out = status(tmp_path, "--node-name", "no-such-node")
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr and "node 'no-such-node' not found" in out.stderr
