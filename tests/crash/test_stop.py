@@ -23,7 +23,7 @@ import pytest
 
 from fsm_cleaner.journal import ANNOTATION, Journal
 from tests.conftest import NODE, agent_env
-from tests.crash.conftest import STOP_TIMEOUT, Agent, NodeWatch, Row, Scene, image_exists
+from tests.crash.conftest import API_READ_TIMEOUT, STOP_TIMEOUT, Agent, NodeWatch, Row, Scene, image_exists
 
 HELD = 1.0  # seconds a delay fault holds a request (below the 1.5 s read timeout)
 
@@ -108,7 +108,8 @@ def test_sigterm_in_reconciling_still_undoes_a_crashed_cycle(bed, fake, tmp_path
     fake.mutate(NODE, crashed)
     watch = NodeWatch(fake)
     agent = agents(agent_env(bed, tmp_path, DOCKER_IMAGE_CLEANER_THRESHOLD_HIGH=100,
-                             FSM_CLEANER_STOP_TIMEOUT_SECONDS=STOP_TIMEOUT))
+                             FSM_CLEANER_STOP_TIMEOUT_SECONDS=STOP_TIMEOUT,
+                             FSM_CLEANER_API_TIMEOUT_SECONDS=API_READ_TIMEOUT))
     sent: dict[str, float] = {}
     fake.fail("GET", path=f"/nodes/{NODE}$", status=None, delay=HELD)  # the startup read takes 1 s
     watch.before("GET", sigterm_now(agent, sent))
@@ -125,7 +126,8 @@ def test_sigterm_while_idle_exits_at_once(docker_bed, fake, tmp_path, agents, ro
     row.case = "SIGTERM in Idle (loop, waiting for the next tick)"
     agent = agents(agent_env(docker_bed, tmp_path, DOCKER_IMAGE_CLEANER_THRESHOLD_HIGH=100,
                              DOCKER_IMAGE_CLEANER_INTERVAL_SECONDS=300,
-                             FSM_CLEANER_STOP_TIMEOUT_SECONDS=STOP_TIMEOUT), once=False)
+                             FSM_CLEANER_STOP_TIMEOUT_SECONDS=STOP_TIMEOUT,
+                             FSM_CLEANER_API_TIMEOUT_SECONDS=API_READ_TIMEOUT), once=False)
     agent.start()
     agent.wait_for(r"nothing to do")
     t = agent.signal(signal.SIGTERM)
@@ -141,7 +143,8 @@ def test_sigterm_in_measuring(docker_bed, fake, tmp_path, agents, row: Row, slow
     row.case = "SIGTERM in Measuring (absolute mode, du hangs)"
     image = docker_bed.build_image("crash/old:0", 1)
     env = agent_env(docker_bed, tmp_path, DOCKER_IMAGE_CLEANER_THRESHOLD_TYPE="absolute",
-                    DOCKER_IMAGE_CLEANER_THRESHOLD_HIGH=1, FSM_CLEANER_STOP_TIMEOUT_SECONDS=STOP_TIMEOUT)
+                    DOCKER_IMAGE_CLEANER_THRESHOLD_HIGH="1Mi", FSM_CLEANER_STOP_TIMEOUT_SECONDS=STOP_TIMEOUT,
+                    FSM_CLEANER_API_TIMEOUT_SECONDS=API_READ_TIMEOUT)
     env["PATH"] = f"{slow_du}:{env['PATH']}"
     agent = agents(env)
     sent: dict[str, float] = {}
