@@ -83,24 +83,26 @@ def policy(cfg: Config, step: str, *, patient: bool = False,
     policy also stops once its next attempt would start past ``deadline()`` (``clock()`` seconds; set
     when a stop was requested).
 
-    Every retry waits at least RETRY_MIN_WAIT_SECONDS, or what the server asked (Retry-After): that
-    part is slept with ``hold``, which nothing cuts short, so a retry never follows at once, even while
-    stopping. The rest of the backoff is slept with ``sleep``, which a stop cuts short.
+    Every retry waits at least RETRY_MIN_WAIT_SECONDS, and at least what the server asked
+    (Retry-After). The floor is slept with ``hold``, which nothing cuts short, so a retry never follows
+    at once; the rest with ``sleep``, which a stop cuts short. Once stopping (``deadline()`` set) the
+    backoff is dropped and the server's wait held too: the deadline check below sees all of it.
     """
     budget = cfg.uncordon_retry_seconds if patient else cfg.retry_total_seconds
     backoff = wait_exponential_jitter(multiplier=0.5, max=cfg.retry_max_wait_seconds, jitter=0.5)
-    owed = RETRY_MIN_WAIT_SECONDS  # the part of the coming wait that is held
+    held = RETRY_MIN_WAIT_SECONDS  # the part of the coming wait that is slept with hold
 
     def wait(state: RetryCallState) -> float:
-        nonlocal owed
-        owed = max(RETRY_MIN_WAIT_SECONDS, retry_after(state.outcome.exception() if state.outcome else None))
-        # Once stopping, a stop would cut the backoff short: only the held part is real.
-        return owed if deadline() is not None else max(owed, backoff(state))
+        nonlocal held
+        asked = max(RETRY_MIN_WAIT_SECONDS, retry_after(state.outcome.exception() if state.outcome else None))
+        stopping = deadline() is not None
+        held = asked if stopping else RETRY_MIN_WAIT_SECONDS
+        return asked if stopping else max(asked, backoff(state))
 
     def pause(seconds: float) -> None:
-        hold(min(owed, seconds))
-        if seconds > owed:
-            sleep(seconds - owed)
+        hold(min(held, seconds))
+        if seconds > held:
+            sleep(seconds - held)
 
     def past_deadline(state: RetryCallState) -> bool:
         # upcoming_sleep is at least the floor: an attempt that could only follow at once stops here.

@@ -110,6 +110,8 @@ def test_a_429_retry_after_is_honoured(cfg) -> None:
     run(cfg, clock, api)
     assert len(api.asked) == cfg.retry_attempts
     assert min(gaps(api.asked)) >= 7
+    # not stopping yet: beyond the floor the wait stays interruptible, so a SIGTERM keeps its bound
+    assert clock.held == [RETRY_MIN_WAIT_SECONDS] * (cfg.retry_attempts - 1)
 
 
 def test_retry_after_is_honoured_while_stopping_and_never_past_the_deadline(cfg) -> None:
@@ -117,6 +119,7 @@ def test_retry_after_is_honoured_while_stopping_and_never_past_the_deadline(cfg)
     api = Api(clock, status=429, retry_after="3")
     run(cfg, clock, api, patient=True, deadline=clock.now + 10)
     assert gaps(api.asked) == [3, 3, 3]
+    assert clock.held == [3, 3, 3]  # stopping: the interruptible sleep would return at once
     clock = Clock(stopping=True)
     api = Api(clock, status=429, retry_after="60")
     run(cfg, clock, api, patient=True, deadline=clock.now + 10)
