@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import stat
 import sys
 import time
+import unicodedata
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
@@ -58,15 +61,21 @@ def _logging(level: str) -> None:
 def _kube(node_name: str | None, namespace: str = "default") -> Kube | None:
     if node_name is None:
         return None
+    import yaml
     from kubernetes.config import ConfigException
 
     from .kube import Kube, connect
     try:
         api = connect()
-    except (ConfigException, OSError) as e:
+    except (ConfigException, OSError, yaml.YAMLError, ValueError, TypeError, KeyError, AttributeError) as e:
+        # Loading credentials touches no network: any failure here is the kubeconfig's content or its
+        # absence (the client reports malformed YAML as YAMLError, the wrong shape as TypeError...).
+        where = os.environ.get("KUBECONFIG") or "~/.kube/config"
+        reason = (str(e).splitlines() or [""])[0][:200]
         raise ConfigError(
-            f"NODE_NAME={node_name!r} is set but no Kubernetes credentials were found ({e}); "
-            "accepted: run in a pod with a service account, or set KUBECONFIG"
+            f"NODE_NAME={node_name!r} is set but no Kubernetes credentials could be loaded: not in a pod "
+            f"with a service account, and kubeconfig {where!r} is unusable ({type(e).__name__}: {reason}); "
+            "accepted: a service account, or KUBECONFIG naming a readable kubeconfig file"
         ) from None
     return Kube(api, node_name, namespace)
 
@@ -89,26 +98,36 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    kube = _kube(config.raw("NODE_NAME", NODE_NAME=args.NODE_NAME) or None)
+    kube = _kube(config.one("NODE_NAME", NODE_NAME=args.NODE_NAME))
     if kube is None:
         raise ConfigError("NODE_NAME is not set; accepted: --node-name NODE or FSM_CLEANER_NODE_NAME")
-    from .journal import ANNOTATION, LEGACY_ANNOTATION, JournalError
+    import urllib3.exceptions
+    from kubernetes.client.exceptions import ApiException
 
-    node = kube.read()
+    from .journal import ANNOTATION, LEGACY_ANNOTATION, JournalError
+    from .kube import NodeGone
+    from .retry import short_error
+
+    try:
+        node = kube.read()
+    except (NodeGone, ApiException, urllib3.exceptions.HTTPError) as e:
+        print(f"fsm-cleaner: cannot read node {kube.node_name!r}: {short_error(e)}", file=sys.stderr)
+        return 1
     print(f"node:         {node.name}")
     print(f"schedulable:  {'no (cordoned)' if node.unschedulable else 'yes'}")
     state = None
     try:
         entry = node.journal()
     except JournalError as e:
-        print(f"journal:      UNREADABLE — {e}")
+        print(f"journal:      UNREADABLE — {_printable(str(e))}")
     else:
         if entry is None:
             print(f"journal:      none (no {ANNOTATION} annotation: fsm-cleaner never cleaned this node)")
         else:
             state = entry.state
-            print(f"state:        {entry.state} since {entry.since}{_ago(entry.since)}, "
-                  f"written by {entry.holder}")
+            since = _printable(entry.since) + _ago(entry.since)
+            print(f"state:        {_printable(entry.state)} since {since}, "
+                  f"written by {_printable(entry.holder)}")
             print(f"cordoned by fsm-cleaner: {'yes' if entry.cordoned_by_us else 'no'}; "
                   f"unschedulable before the cycle: {'yes' if entry.was_unschedulable else 'no'}")
     if LEGACY_ANNOTATION in node.annotations:
@@ -122,28 +141,41 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ago(since: str) -> str:
+def _printable(value: object) -> str:
+    """A journal field as the terminal may show it: a non-string as JSON, control and format
+    characters (escape sequences, bidi overrides) escaped, as anyone who can patch the node wrote it."""
+    text = value if isinstance(value, str) else json.dumps(value)
+    return "".join(c.encode("unicode_escape").decode() if unicodedata.category(c)[0] == "C" else c
+                   for c in text)
+
+
+def _ago(since: object) -> str:
+    """' (N s ago)' for a time with a zone; nothing for what is not a time (status shows, never guesses)."""
+    if not isinstance(since, str):
+        return ""
     try:
         then = datetime.fromisoformat(since.replace("Z", "+00:00"))
     except ValueError:
         return ""
+    if then.tzinfo is None:
+        return " (no time zone: age unknown)"
     return f" ({int((datetime.now(timezone.utc) - then).total_seconds())} s ago)"
 
 
 def cmd_healthcheck(_: argparse.Namespace) -> int:
     # Only the two settings it needs: a liveness probe must not fail over an unrelated one.
     path = config.raw("HEARTBEAT_FILE") or ""
-    limit_raw = config.raw("HEARTBEAT_MAX_AGE_SECONDS") or ""
+    limit = config.one("HEARTBEAT_MAX_AGE_SECONDS")
     try:
-        limit = float(limit_raw)
-    except ValueError:
-        raise ConfigError(f"FSM_CLEANER_HEARTBEAT_MAX_AGE_SECONDS={limit_raw!r} is not a number; "
-                          "accepted: a number of seconds") from None
-    try:
-        age = time.time() - os.stat(path).st_mtime
+        beat = os.stat(path)
     except OSError as e:
         print(f"unhealthy: no heartbeat at {path} ({e.strerror})", file=sys.stderr)
         return 1
+    if not stat.S_ISREG(beat.st_mode):  # a directory's mtime says nothing about the loop
+        kind = "a directory" if stat.S_ISDIR(beat.st_mode) else "not a regular file"
+        print(f"unhealthy: {path} is {kind}, not the heartbeat file (HEARTBEAT_FILE)", file=sys.stderr)
+        return 1
+    age = time.time() - beat.st_mtime
     if age > limit:
         print(f"unhealthy: heartbeat {age:.0f} s old (limit {limit:g} s)", file=sys.stderr)
         return 1

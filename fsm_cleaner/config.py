@@ -7,6 +7,7 @@ default. Every value is validated before the agent touches Docker or the node: a
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -86,9 +87,27 @@ class Config:
         return "%" if self.threshold_type == "relative" else "bytes"
 
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?)?B?\s*$", re.IGNORECASE)
+# A number as float() reads it (40e9, 1_000, surrounding spaces: docker-image-cleaner's parse), then an
+# optional unit.
+_SIZE = re.compile(r"^\s*(.+?)\s*([KMGT]i?)?B?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
           "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+# Any Docker data directory holds more than this, so a lower THRESHOLD_HIGH would start a cycle at every
+# measurement; it catches "40" meant as GB. (docker-image-cleaner's floor was 1 GiB.)
+MIN_ABSOLUTE_HIGH = 2**20
+# A Kubernetes request in flight when SIGTERM lands runs to its read timeout (API_TIMEOUT_SECONDS); only
+# the requests after it are cut to the stop bound. What the bound must still hold after it: the stop's
+# 3 s margin for the last round trip (agent.py) and 2 s for a last uncordon attempt.
+STOP_ROOM_SECONDS = 5
+# Every retry waits at least this long (retry.py), so RETRY_MAX_WAIT_SECONDS cannot be lower.
+RETRY_MIN_WAIT_SECONDS = 0.5
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
 
 
 def _number(var: str, raw: str, *, minimum: float = 0, integer: bool = False) -> float:
@@ -102,23 +121,42 @@ def _number(var: str, raw: str, *, minimum: float = 0, integer: bool = False) ->
     return value
 
 
-def _threshold(var: str, raw: str, kind: str) -> float:
+def _threshold(var: str, raw: str, kind: str, *, floor: float = 0) -> float:
     if kind == "relative":
-        try:
-            value = float(raw)
-        except ValueError:
-            value = math.nan
+        value = _float(raw)
         if not 0 <= value <= 100:
             raise ConfigError(f"{var}={raw!r} is not a percentage; accepted: a number from 0 to 100 "
                               "(or set THRESHOLD_TYPE=absolute for a size in bytes)")
         return value
     match = _SIZE.match(raw)
-    if not match:
+    value = _float(match[1]) * _UNITS[(match[2] or "").lower()] if match else math.nan
+    if not (math.isfinite(value) and value >= 0):
         raise ConfigError(
-            f"{var}={raw!r} is not a size in bytes; accepted: a number of bytes, optionally with a "
-            "unit K, M, G, T (powers of 1000) or Ki, Mi, Gi, Ti (powers of 1024), e.g. 50Gi"
+            f"{var}={raw!r} is not a size in bytes; accepted: a number of bytes such as 40e9 or "
+            "40000000000, optionally with a unit K, M, G, T (powers of 1000) or Ki, Mi, Gi, Ti (powers "
+            "of 1024), e.g. 50Gi"
         )
-    return float(match[1]) * _UNITS[(match[2] or "").lower()]
+    if value < floor:
+        raise ConfigError(
+            f"{var}={raw!r} is below 1 MiB: every measurement would start a cycle; accepted: a size of "
+            "at least 1Mi (1048576 bytes), e.g. 40e9 or 50Gi (absolute mode counts bytes, not GB)"
+        )
+    return value
+
+
+# Kubernetes names nodes with DNS-1123 subdomains; anything else can only 404.
+_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def _node_name(var: str, raw: str) -> str | None:
+    name = raw.strip()
+    if name and (len(name) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(name)):
+        raise ConfigError(
+            f"{var}={raw!r} is not a Kubernetes node name; accepted: a DNS-1123 subdomain (lower-case "
+            "letters, digits, '-' and '.', starting and ending with a letter or digit, at most 253 "
+            "characters), as the downward API's spec.nodeName gives it"
+        )
+    return name or None
 
 
 def _bool(var: str, raw: str) -> bool:
@@ -152,6 +190,19 @@ def raw(name: str, env: Mapping[str, str] | None = None, **overrides: Any) -> st
     return _lookup(name, os.environ if env is None else env, overrides)[1]
 
 
+# The settings a command reads alone (status, healthcheck), with their parsers.
+_ALONE: dict[str, Callable[[str, str], Any]] = {
+    "NODE_NAME": _node_name,
+    "HEARTBEAT_MAX_AGE_SECONDS": functools.partial(_number, minimum=1),
+}
+
+
+def one(name: str, env: Mapping[str, str] | None = None, **overrides: Any) -> Any:
+    """One setting validated as load() validates it, for the commands that read only that one."""
+    var, value = _lookup(name, os.environ if env is None else env, overrides)
+    return None if value is None else _ALONE[name](var, value)
+
+
 def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
     """Read and validate every setting; ``overrides`` are command-line values by setting name."""
     env = os.environ if env is None else env
@@ -168,7 +219,7 @@ def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         # 80 bytes would mean "always clean"; docker-image-cleaner refused it too (below 1 GB)
         raise ConfigError("THRESHOLD_HIGH is unset in absolute mode; accepted: a size such as 50Gi in "
                           "FSM_CLEANER_THRESHOLD_HIGH or DOCKER_IMAGE_CLEANER_THRESHOLD_HIGH")
-    high = get("THRESHOLD_HIGH", lambda v, r: _threshold(v, r, kind))
+    high = get("THRESHOLD_HIGH", lambda v, r: _threshold(v, r, kind, floor=MIN_ABSOLUTE_HIGH))
     low = get("THRESHOLD_LOW", lambda v, r: _threshold(v, r, kind))
     if low is not None and low > high:
         var_low, raw_low = _lookup("THRESHOLD_LOW", env, overrides)
@@ -180,9 +231,20 @@ def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
     path_var, path = _lookup("PATH_TO_CHECK", env, overrides)
     if not os.path.isdir(path or ""):
         raise ConfigError(f"{path_var}={path!r} does not exist; accepted: an existing directory")
-    node = get("NODE_NAME")
+    api_timeout = get("API_TIMEOUT_SECONDS", lambda v, r: _number(v, r, minimum=0.1))
+    stop_timeout = get("STOP_TIMEOUT_SECONDS", lambda v, r: _number(v, r, minimum=1))
+    if api_timeout > stop_timeout - STOP_ROOM_SECONDS:
+        (api_var, api_raw), (stop_var, stop_raw) = (_lookup(n, env, overrides) for n in
+                                                    ("API_TIMEOUT_SECONDS", "STOP_TIMEOUT_SECONDS"))
+        raise ConfigError(
+            f"{api_var}={api_raw!r} breaks the stop bound {stop_var}={stop_raw!r}: a request in flight "
+            f"when SIGTERM lands may take that long, and the stop needs {STOP_ROOM_SECONDS} s more; "
+            f"accepted: API_TIMEOUT_SECONDS <= STOP_TIMEOUT_SECONDS - {STOP_ROOM_SECONDS} (here at most "
+            f"{stop_timeout - STOP_ROOM_SECONDS:g}), or a larger STOP_TIMEOUT_SECONDS with the pod's "
+            "terminationGracePeriodSeconds above it"
+        )
     return Config(
-        node_name=node.strip() if node and node.strip() else None,
+        node_name=get("NODE_NAME", _node_name),
         path_to_check=path,
         interval_seconds=get("INTERVAL_SECONDS", lambda v, r: _number(v, r, minimum=1)),
         delay_seconds=get("DELAY_SECONDS", _number),
@@ -190,14 +252,15 @@ def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         threshold_high=high,
         threshold_low=low,
         timeout_seconds=get("TIMEOUT_SECONDS", lambda v, r: _number(v, r, minimum=1)),
-        api_timeout_seconds=get("API_TIMEOUT_SECONDS", lambda v, r: _number(v, r, minimum=0.1)),
+        api_timeout_seconds=api_timeout,
         retry_attempts=get("RETRY_ATTEMPTS", lambda v, r: _number(v, r, minimum=1, integer=True)),
-        retry_max_wait_seconds=get("RETRY_MAX_WAIT_SECONDS", _number),
+        retry_max_wait_seconds=get("RETRY_MAX_WAIT_SECONDS",
+                                   lambda v, r: _number(v, r, minimum=RETRY_MIN_WAIT_SECONDS)),
         retry_total_seconds=get("RETRY_TOTAL_SECONDS", _number),
         uncordon_retry_seconds=get("UNCORDON_RETRY_SECONDS", _number),
-        stop_timeout_seconds=get("STOP_TIMEOUT_SECONDS", lambda v, r: _number(v, r, minimum=1)),
+        stop_timeout_seconds=stop_timeout,
         heartbeat_file=get("HEARTBEAT_FILE"),
-        heartbeat_max_age_seconds=get("HEARTBEAT_MAX_AGE_SECONDS", lambda v, r: _number(v, r, minimum=1)),
+        heartbeat_max_age_seconds=get("HEARTBEAT_MAX_AGE_SECONDS", _ALONE["HEARTBEAT_MAX_AGE_SECONDS"]),
         events_namespace=get("EVENTS_NAMESPACE"),
         dry_run=get("DRY_RUN", _bool),
         log_level=get("LOG_LEVEL", lambda v, r: _choice(v, r, ("debug", "info", "warning", "error"))).upper(),

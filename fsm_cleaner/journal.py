@@ -36,7 +36,48 @@ class Journal:
         return self.state not in RESTING_STATES
 
 
+# Ours is a flat object of ~150 characters. Anything much bigger or deeper is not ours: refusing it
+# before json.loads keeps a hostile annotation from costing memory or a RecursionError (near depth 1000).
+MAX_CHARS = 4096
+MAX_DEPTH = 4
+EXCERPT_CHARS = 80
+
+
+def excerpt(raw: str) -> str:
+    """A bounded, escaped excerpt of an annotation, for logs and messages."""
+    if len(raw) <= EXCERPT_CHARS:
+        return repr(raw)
+    return f"{raw[:EXCERPT_CHARS]!r}... ({len(raw)} characters)"
+
+
+def _depth(raw: str) -> int:
+    """How deeply arrays and objects nest in a JSON text; brackets inside strings do not count."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in raw:
+        if escaped:
+            escaped = False
+        elif in_string:
+            escaped = char == "\\"
+            in_string = char != '"'
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
 def decode(raw: str) -> Journal:
+    def unreadable(why: str) -> JournalError:
+        return JournalError(f"unreadable {ANNOTATION} annotation {excerpt(raw)}: {why[:120]}")
+
+    if len(raw) > MAX_CHARS:
+        raise unreadable(f"longer than {MAX_CHARS} characters")
+    if _depth(raw) > MAX_DEPTH:
+        raise unreadable(f"nested deeper than {MAX_DEPTH}")
     try:
         data = json.loads(raw)
         if not isinstance(data, dict):
@@ -49,10 +90,10 @@ def decode(raw: str) -> Journal:
             holder=data.get("holder", ""),
         )
     except (ValueError, TypeError, KeyError) as e:
-        raise JournalError(f"unreadable {ANNOTATION} annotation {raw!r}: {e}") from None
+        raise unreadable(str(e)) from None
     if not (isinstance(journal.state, str) and isinstance(journal.cordoned_by_us, bool)
             and isinstance(journal.was_unschedulable, bool)):
-        raise JournalError(f"unreadable {ANNOTATION} annotation {raw!r}: wrong field types")
+        raise unreadable("wrong field types")
     return journal
 
 

@@ -55,3 +55,118 @@ def test_bad_values_name_the_setting_and_what_is_accepted(tmp_path, env, names, 
         load(tmp_path, **env)
     assert names in str(err.value)
     assert accepted in str(err.value)
+
+
+# The old tool's parse, for the variables it read: float() for these, int() for TIMEOUT_SECONDS, and in
+# absolute mode a THRESHOLD_HIGH of at least 1 GiB. (It ignored THRESHOLD_LOW.)
+def old_tool_parse(var: str, raw: str, kind: str) -> float | None:
+    try:
+        value = int(raw) if var == "TIMEOUT_SECONDS" else float(raw)
+    except ValueError:
+        return None
+    return None if var == "THRESHOLD_HIGH" and kind == "absolute" and value < 2**30 else value
+
+
+# variable, raw value, THRESHOLD_TYPE, what fsm-cleaner makes of it: the number, or why it refuses.
+# A refusal of a value the old tool accepted says why; accepting one the old tool refused is an extension.
+OLD_TOOL_TABLE = [
+    ("THRESHOLD_HIGH", "40e9", "absolute", 40e9),  # mybinder.org
+    ("THRESHOLD_LOW", "10e9", "absolute", 10e9),  # mybinder.org
+    ("THRESHOLD_HIGH", " 40e9 ", "absolute", 40e9),
+    ("THRESHOLD_HIGH", "4.0E10", "absolute", 40e9),
+    ("THRESHOLD_HIGH", "40_000_000_000", "absolute", 40e9),
+    ("THRESHOLD_HIGH", "+40000000000.0", "absolute", 40e9),
+    ("THRESHOLD_HIGH", "50Gi", "absolute", 50 * 2**30),  # extension: units
+    ("THRESHOLD_HIGH", "200G", "absolute", 200e9),
+    ("THRESHOLD_HIGH", "1.5 TiB", "absolute", 1.5 * 2**40),
+    ("THRESHOLD_HIGH", "1e9", "absolute", 1e9),  # extension: the old floor was 1 GiB, ours is 1 MiB
+    ("THRESHOLD_HIGH", "1Mi", "absolute", 2**20),
+    ("THRESHOLD_HIGH", "1048575", "absolute", "below 1 MiB"),
+    ("THRESHOLD_HIGH", "40", "absolute", "below 1 MiB"),
+    ("THRESHOLD_HIGH", "0", "absolute", "below 1 MiB"),
+    ("THRESHOLD_HIGH", "nan", "absolute", "not a size in bytes"),
+    ("THRESHOLD_HIGH", "inf", "absolute", "not a size in bytes"),  # old: accepted, never cleans
+    ("THRESHOLD_HIGH", "-40e9", "absolute", "not a size in bytes"),
+    ("THRESHOLD_HIGH", "1e400", "absolute", "not a size in bytes"),
+    ("THRESHOLD_HIGH", "40 GB of disk", "absolute", "not a size in bytes"),
+    ("THRESHOLD_LOW", "0", "absolute", 0.0),  # remove every unused image
+    ("THRESHOLD_HIGH", "80.0", "relative", 80.0),
+    ("THRESHOLD_HIGH", " 85\n", "relative", 85.0),
+    ("THRESHOLD_HIGH", "8e1", "relative", 80.0),
+    ("THRESHOLD_HIGH", "1_00", "relative", 100.0),
+    ("THRESHOLD_HIGH", "nan", "relative", "not a percentage"),  # old: accepted, never cleans
+    ("THRESHOLD_HIGH", "-inf", "relative", "not a percentage"),  # old: accepted, always cleans
+    ("THRESHOLD_HIGH", "100.5", "relative", "not a percentage"),  # old: accepted, never cleans
+    ("THRESHOLD_HIGH", "40e9", "relative", "not a percentage"),
+    ("INTERVAL_SECONDS", "300.0", "relative", 300.0),
+    ("INTERVAL_SECONDS", " 3e2 ", "relative", 300.0),
+    ("INTERVAL_SECONDS", "1_800", "relative", 1800.0),
+    ("INTERVAL_SECONDS", "0.5", "relative", "out of range"),  # old: accepted; a measuring hot loop
+    ("INTERVAL_SECONDS", "nan", "relative", "out of range"),  # old: accepted, then time.sleep raised
+    ("INTERVAL_SECONDS", "infinity", "relative", "out of range"),  # old: accepted, never measured again
+    ("DELAY_SECONDS", "0", "relative", 0.0),
+    ("DELAY_SECONDS", "2.5", "relative", 2.5),
+    ("DELAY_SECONDS", "-1", "relative", "out of range"),  # old: accepted, meaningless
+    ("TIMEOUT_SECONDS", "300", "relative", 300.0),
+    ("TIMEOUT_SECONDS", " +600 ", "relative", 600.0),
+    ("TIMEOUT_SECONDS", "1_200", "relative", 1200.0),
+    ("TIMEOUT_SECONDS", "300.0", "relative", 300.0),  # extension: int() refused it
+    ("TIMEOUT_SECONDS", "0", "relative", "out of range"),  # old: accepted; every Docker call times out
+]
+
+
+@pytest.mark.parametrize("name,raw,kind,ours", OLD_TOOL_TABLE,
+                         ids=[f"{r[0]}={r[1]!r} {r[2]}" for r in OLD_TOOL_TABLE])
+def test_the_old_tools_values_keep_their_meaning(tmp_path, name, raw, kind, ours) -> None:
+    env = {"DOCKER_IMAGE_CLEANER_THRESHOLD_TYPE": kind, f"DOCKER_IMAGE_CLEANER_{name}": raw}
+    if kind == "absolute" and name != "THRESHOLD_HIGH":
+        env["DOCKER_IMAGE_CLEANER_THRESHOLD_HIGH"] = "1e12"
+    old = old_tool_parse(name, raw, kind)
+    if isinstance(ours, str):
+        with pytest.raises(ConfigError) as err:
+            load(tmp_path, **env)
+        message = str(err.value)
+        assert f"{name}={raw!r}" in message and ours in message and "accepted:" in message
+        return
+    assert getattr(load(tmp_path, **env), name.lower()) == ours
+    if old is not None and name != "THRESHOLD_LOW":  # what the old tool accepted keeps its meaning
+        assert old == ours
+
+
+@pytest.mark.parametrize("name", ["Node-1", "node_1", "pool/node-1", "-node", "node-", "node..1", "a" * 254,
+                                  "nöde", "node 1"])
+def test_a_node_name_kubernetes_cannot_have_is_refused(tmp_path, name: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, DOCKER_IMAGE_CLEANER_NODE_NAME=name)
+    assert f"DOCKER_IMAGE_CLEANER_NODE_NAME={name!r} is not a Kubernetes node name" in str(err.value)
+    assert "accepted: a DNS-1123 subdomain" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["n1", "node-1", "ip-10-0-0-7.ec2.internal", "gke-pool-1-a2b3", "a" * 253,
+                                  " node-1 "])
+def test_real_node_names_are_accepted(tmp_path, name: str) -> None:
+    assert load(tmp_path, FSM_CLEANER_NODE_NAME=name).node_name == name.strip()
+
+
+@pytest.mark.parametrize("value", ["0", "0.1", "-1"])
+def test_a_retry_max_wait_below_the_floor_is_refused(tmp_path, value: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, FSM_CLEANER_RETRY_MAX_WAIT_SECONDS=value)
+    assert f"FSM_CLEANER_RETRY_MAX_WAIT_SECONDS={value!r}" in str(err.value)
+    assert f"accepted: a number >= {config.RETRY_MIN_WAIT_SECONDS:g}" in str(err.value)
+
+
+@pytest.mark.parametrize("api,stop,ok", [("15", "25", True), ("20", "25", True), ("1.5", "10", True),
+                                         ("40", "25", False), ("20.5", "25", False), ("15", "10", False)])
+def test_the_api_timeout_must_leave_room_inside_the_stop_bound(tmp_path, api: str, stop: str,
+                                                               ok: bool) -> None:
+    env = {"FSM_CLEANER_API_TIMEOUT_SECONDS": api, "FSM_CLEANER_STOP_TIMEOUT_SECONDS": stop}
+    if ok:
+        assert load(tmp_path, **env).api_timeout_seconds == float(api)
+        return
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, **env)
+    message = str(err.value)
+    assert f"FSM_CLEANER_API_TIMEOUT_SECONDS={api!r}" in message
+    assert f"FSM_CLEANER_STOP_TIMEOUT_SECONDS={stop!r}" in message
+    assert "accepted: API_TIMEOUT_SECONDS <= STOP_TIMEOUT_SECONDS - 5" in message

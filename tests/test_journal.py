@@ -111,3 +111,28 @@ def test_unreadable_journal_on_a_cordoned_node_is_never_written_over() -> None:
     mine = journal.cordon(node(False, raw="{half"), "pod-a", "t")
     assert mine is not None and mine.unschedulable is True
     assert journal.decode(mine.annotations[ANNOTATION]).cordoned_by_us is True
+
+
+HOSTILE = [
+    ("100 KB of nested arrays", "[" * 100_000),
+    ("nested objects", '{"a":' * 3000 + "1" + "}" * 3000),
+    ("deep but short", '{"state": ' + "[" * 50 + "]" * 50 + "}"),
+    ("a journal padded past 4 KiB", Journal("PruningAll", True, False, "t", "pod-a").encode() + " " * 5000),
+]
+
+
+@pytest.mark.parametrize("raw", [h[1] for h in HOSTILE], ids=[h[0] for h in HOSTILE])
+def test_a_hostile_journal_is_unreadable_and_its_excerpt_bounded(raw: str) -> None:
+    with pytest.raises(journal.JournalError) as err:
+        journal.decode(raw)
+    assert len(str(err.value)) <= 300  # the log line an on-call engineer reads, not the annotation
+    assert raw[:20] in str(err.value) and f"{len(raw)} characters" in str(err.value)
+    cordoned = node(True, raw=raw)
+    assert cordoned.journal_unreadable  # the documented unreadable rule: the node is left as found
+    assert journal.release(cordoned, "pod-b", "t") is None
+    assert journal.cordon(cordoned, "pod-b", "t") is None
+
+
+def test_brackets_inside_strings_do_not_count_as_depth() -> None:
+    entry = Journal("PruningAll", True, False, "2026-11-29T10:00:00Z", "[[[[[[[[{{{{{{{{ \\\" [[[[")
+    assert journal.decode(entry.encode()) == entry

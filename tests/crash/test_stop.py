@@ -24,7 +24,16 @@ import pytest
 
 from fsm_cleaner.journal import ANNOTATION, Journal
 from tests.conftest import NODE, agent_env
-from tests.crash.conftest import NODE_PATH, STOP_TIMEOUT, AgentProcess, NodeWatch, Row, Scene, image_exists
+from tests.crash.conftest import (
+    API_READ_TIMEOUT,
+    NODE_PATH,
+    STOP_TIMEOUT,
+    AgentProcess,
+    NodeWatch,
+    Row,
+    Scene,
+    image_exists,
+)
 
 HELD = 1.0  # seconds a delay fault holds a request (below the 1.5 s read timeout)
 
@@ -111,7 +120,8 @@ def test_sigterm_in_reconciling_still_undoes_a_crashed_cycle(bed, fake, tmp_path
     fake.mutate(NODE, crashed)
     watch = NodeWatch(fake)
     agent = agents(agent_env(bed, tmp_path, DOCKER_IMAGE_CLEANER_THRESHOLD_HIGH=100,
-                             FSM_CLEANER_STOP_TIMEOUT_SECONDS=STOP_TIMEOUT))
+                             FSM_CLEANER_STOP_TIMEOUT_SECONDS=STOP_TIMEOUT,
+                             FSM_CLEANER_API_TIMEOUT_SECONDS=API_READ_TIMEOUT))
     sent: dict[str, float] = {}
     fake.fail("GET", path=f"/nodes/{NODE}$", status=None, delay=HELD)  # the startup read takes 1 s
     watch.before("GET", sigterm_now(agent, sent))
@@ -128,7 +138,8 @@ def test_sigterm_while_idle_exits_at_once(docker_bed, fake, tmp_path, agents, ro
     row.case = "SIGTERM in Idle (loop, waiting for the next tick)"
     agent = agents(agent_env(docker_bed, tmp_path, DOCKER_IMAGE_CLEANER_THRESHOLD_HIGH=100,
                              DOCKER_IMAGE_CLEANER_INTERVAL_SECONDS=300,
-                             FSM_CLEANER_STOP_TIMEOUT_SECONDS=STOP_TIMEOUT), once=False)
+                             FSM_CLEANER_STOP_TIMEOUT_SECONDS=STOP_TIMEOUT,
+                             FSM_CLEANER_API_TIMEOUT_SECONDS=API_READ_TIMEOUT), once=False)
     agent.start()
     agent.wait_for(r"nothing to do")
     t = agent.signal(signal.SIGTERM)
@@ -144,7 +155,8 @@ def test_sigterm_in_measuring(docker_bed, fake, tmp_path, agents, row: Row, slow
     row.case = "SIGTERM in Measuring (absolute mode, du hangs)"
     image = docker_bed.build_image("crash/old:0", 1)
     env = agent_env(docker_bed, tmp_path, DOCKER_IMAGE_CLEANER_THRESHOLD_TYPE="absolute",
-                    DOCKER_IMAGE_CLEANER_THRESHOLD_HIGH=1, FSM_CLEANER_STOP_TIMEOUT_SECONDS=STOP_TIMEOUT)
+                    DOCKER_IMAGE_CLEANER_THRESHOLD_HIGH="1Mi", FSM_CLEANER_STOP_TIMEOUT_SECONDS=STOP_TIMEOUT,
+                    FSM_CLEANER_API_TIMEOUT_SECONDS=API_READ_TIMEOUT)
     env["PATH"] = f"{slow_du}:{env['PATH']}"
     agent = agents(env)
     sent: dict[str, float] = {}
@@ -193,7 +205,7 @@ def test_second_signal_exits_at_once_and_the_next_start_reconciles(scene: Scene,
 
 def test_sigterm_with_a_slow_api_server_keeps_the_bound(scene: Scene, agents, row: Row) -> None:
     row.case = "SIGTERM in PruningAll, API server slow (GET 2 s, PATCH 2 s, Event 8 s)"
-    agent = agents(scene.env(FSM_CLEANER_API_TIMEOUT_SECONDS=15))  # the default read timeout
+    agent = agents(scene.env(FSM_CLEANER_API_TIMEOUT_SECONDS=STOP_TIMEOUT - 5))  # the most the bound allows
     sent: dict[str, float] = {}
     send = sigterm_now(agent, sent)
     before_signal: list[int] = []
