@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import docker
 import docker.errors
 
-from .plan import Image
+from .runtime import Image, Removed
 
 _STOPPED = {"status": ["exited", "created", "dead"]}
 
 
-@dataclass(frozen=True)
-class Removed:
-    count: int = 0
-    bytes: int = 0  # as Docker reports it (SpaceReclaimed, or image sizes in a dry run)
-
-
 class Docker:
+    """The Docker Engine as a runtime.Runtime."""
+
     def __init__(self, connect: Callable[[], docker.APIClient]):
         self._connect = connect
         self._api: docker.APIClient | None = None

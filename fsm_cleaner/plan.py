@@ -2,17 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from .config import Config
-
-
-@dataclass(frozen=True)
-class Image:
-    id: str
-    created: int  # seconds since the epoch
-    size: int  # bytes, as Docker reports it (shared layers counted in each image)
-    tags: tuple[str, ...] = ()
+from .runtime import Image
 
 
 def above_high(usage: float, cfg: Config) -> bool:
@@ -46,16 +37,3 @@ def removal_order(images: list[Image], in_use: set[str], parent_of: dict[str, st
     unused = (i for i in images if i.id not in in_use and i.id not in held)
     return sorted(unused, key=lambda i: (height.get(i.id, 0), i.created, i.id))
 
-
-def describe(usage: float, cfg: Config) -> str:
-    if cfg.threshold_type == "relative":
-        return f"{usage:.1f}%"
-    return human_bytes(usage)
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")

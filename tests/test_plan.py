@@ -7,8 +7,8 @@ import requests
 from kubernetes.client.exceptions import ApiException
 
 from fsm_cleaner import config, plan
-from fsm_cleaner.plan import Image
 from fsm_cleaner.retry import is_transient
+from fsm_cleaner.runtime import Image
 
 
 def cfg(tmp_path, low: float | None) -> config.Config:
