@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import threading
+import select
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -56,15 +56,18 @@ class FakeClock:
         """Run ``action`` once ``delay`` seconds from now have been waited through."""
         heapq.heappush(self._due, (self.now + delay, next(self._order), action))
 
-    def wait(self, seconds: float, wake: threading.Event) -> bool:
+    def wait(self, seconds: float, wake_fd: int) -> None:
         end = self.now + max(seconds, 0)
-        while not wake.is_set() and self._due and self._due[0][0] <= end:
+        while self._due and self._due[0][0] <= end and not self._readable(wake_fd):
             when, _, action = heapq.heappop(self._due)
             self.now = max(self.now, when)
             action()
-        if not wake.is_set():
+        if not self._readable(wake_fd):
             self.now = end
-        return wake.is_set()
+
+    @staticmethod
+    def _readable(fd: int) -> bool:
+        return bool(select.select([fd], [], [], 0)[0])
 
 
 @dataclass

@@ -162,7 +162,7 @@ class Agent:
                 trigger = "fail"
                 continue
             except StopRequested:
-                log.warning("stop requested: no new removals; handing the node back")
+                self.shutdown.interrupted()
                 self.cycle.stopped = True
                 trigger = "stop"
                 continue

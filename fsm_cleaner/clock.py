@@ -5,7 +5,7 @@ Injectable, so that tests run the agent's waits (Idle, pauses, retry backoff) wi
 
 from __future__ import annotations
 
-import threading
+import select
 import time
 from typing import Protocol
 
@@ -14,13 +14,13 @@ class Clock(Protocol):
     def monotonic(self) -> float:
         """Seconds from an arbitrary start; never goes back."""
 
-    def wait(self, seconds: float, wake: threading.Event) -> bool:
-        """Wait ``seconds`` or until ``wake`` is set; whether it is set."""
+    def wait(self, seconds: float, wake_fd: int) -> None:
+        """Wait ``seconds``, or less once ``wake_fd`` is readable (a stop was requested)."""
 
 
 class RealClock:
     def monotonic(self) -> float:
         return time.monotonic()
 
-    def wait(self, seconds: float, wake: threading.Event) -> bool:
-        return wake.wait(seconds)
+    def wait(self, seconds: float, wake_fd: int) -> None:
+        select.select([wake_fd], [], [], max(0.0, seconds))

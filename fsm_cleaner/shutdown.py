@@ -1,4 +1,9 @@
-"""The graceful stop: signals, the stop bound, waits a stop cuts short, regions a stop interrupts."""
+"""The graceful stop: signals, the stop bound, waits a stop cuts short, regions a stop interrupts.
+
+The signal handler only records the request and writes a byte down a pipe that every wait selects
+on. It neither logs nor takes a lock: the main flow it interrupts may hold the very lock (a log
+stream's, an Event's) and the handler would fail or block forever. The main flow logs the request.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,6 @@ import contextlib
 import logging
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -28,30 +32,45 @@ class Shutdown:
         self.stop_timeout_seconds = stop_timeout_seconds
         self.clock = clock
         self.deadline: float | None = None  # clock time by which the node must be handed back
-        self._stop = threading.Event()
+        self._signum: int | None = None  # written by the signal handler only
+        self._announced = False
         self._interruptible = False
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_write, False)
 
     @property
     def requested(self) -> bool:
-        return self._stop.is_set()
+        """Whether a stop was requested; the first time it is seen, the main flow logs it."""
+        if self._signum is not None and not self._announced:
+            self._announced = True
+            log.warning("signal %s: stopping (bound %.0f s)", self._signum, self.stop_timeout_seconds)
+        return self._signum is not None
 
     def request(self, signum: int, _frame: Any = None) -> None:
         """Signal handler: the first signal stops gracefully, a second one exits at once."""
-        if self._stop.is_set():
-            log.error("second signal %s: exiting now; the next start reconciles the node", signum)
-            logging.shutdown()
+        if self._signum is not None:
+            now = time.time()
+            os.write(2, f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(now))}.{int(now % 1 * 1000):03d}Z "
+                        f"ERROR   second signal {signum}: exiting now; the next start reconciles the "
+                        "node\n".encode())
             os._exit(128 + signum)
-        log.warning("signal %s: stopping (bound %.0f s)", signum, self.stop_timeout_seconds)
         # Leave a margin for the last PATCH's round trip inside the documented bound.
         self.deadline = self.clock.monotonic() + max(1.0, self.stop_timeout_seconds - 3)
-        self._stop.set()
-        if self._interruptible:
+        self._signum = signum
+        with contextlib.suppress(BlockingIOError):  # a full pipe wakes the waits just as well
+            os.write(self._wake_write, b"\0")
+        if self._interruptible:  # a Docker call or a measurement in flight: cut it short
             self._interruptible = False
             raise StopRequested
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.request)
         signal.signal(signal.SIGINT, self.request)
+
+    def interrupted(self) -> None:
+        """The main flow caught StopRequested."""
+        if self.requested:
+            log.warning("stop requested: no new removals; handing the node back")
 
     @contextlib.contextmanager
     def stoppable(self) -> Iterator[None]:
@@ -80,16 +99,23 @@ class Shutdown:
 
     def backoff(self, seconds: float) -> None:
         """Sleep between two attempts; a stop request cuts it short."""
-        self.clock.wait(seconds, self._stop)
+        self._wait(seconds)
 
     def pause(self, seconds: float) -> None:
         """Sleep between removals; a stop request aborts the pruning."""
-        if self.clock.wait(seconds, self._stop):
+        if self._wait(seconds):
             raise StopRequested
 
     def idle(self, seconds: float, beat: Callable[[], None]) -> None:
         """The Idle wait, calling ``beat`` at least every 30 s so liveness sees a live loop."""
         end = self.clock.monotonic() + seconds
         while not self.requested and (left := end - self.clock.monotonic()) > 0:
-            self.clock.wait(min(left, 30), self._stop)
+            self._wait(min(left, 30))
             beat()
+
+    def _wait(self, seconds: float) -> bool:
+        """Wait ``seconds`` unless a stop is requested; whether one is."""
+        end = self.clock.monotonic() + seconds
+        while not self.requested and (left := end - self.clock.monotonic()) > 0:
+            self.clock.wait(left, self._wake_read)
+        return self.requested
