@@ -90,8 +90,7 @@ def build_agent(cfg: config.Config, runtime: Runtime, kube: NodeApi | None, *,
     shutdown = Shutdown(cfg.stop_timeout_seconds, clock)
     node: Node = NoCluster("dry run" if cfg.dry_run else "no cluster")
     if kube is not None:
-        writer = NodeWriter(kube, cfg, shutdown)
-        node = DryRunNode(writer) if cfg.dry_run else writer
+        node = DryRunNode(kube, cfg, shutdown) if cfg.dry_run else NodeWriter(kube, cfg, shutdown)
     from . import disk as real_disk
 
     return Agent(cfg, DryRun(runtime) if cfg.dry_run else runtime, node, shutdown, clock, disk or real_disk)

@@ -176,18 +176,21 @@ class NodeWriter:
 
 
 class DryRunNode:
-    """A dry run reconciles what a previous process left, and then neither cordons nor journals."""
+    """A dry run never writes to the node (it may run beside a live agent): it reads the node and says
+    what a real start would reconcile, and cordons nothing."""
 
-    def __init__(self, real: NodeWriter):
-        self.real = real
+    handback_pending = False
+
+    def __init__(self, api: NodeApi, cfg: Config, shutdown: Shutdown):
+        self.api, self.cfg, self.shutdown = api, cfg, shutdown
         self.stand_in = NoCluster("dry run")
 
-    @property
-    def handback_pending(self) -> bool:
-        return self.real.handback_pending
-
     def reconcile(self) -> None:
-        self.real.reconcile()
+        timeout = (CONNECT_TIMEOUT, self.cfg.api_timeout_seconds)
+        node = step.run(self.cfg, self.shutdown, "Reconciling", lambda: self.api.read(timeout))
+        patch = journal.release(node, socket.gethostname(), journal.now_rfc3339())
+        log.info("dry run: Reconciling would write: %s; the node is left as it is",
+                 patch.why if patch else "nothing")
 
     def cordon(self, usage: str) -> None:
         self.stand_in.cordon(usage)
@@ -197,10 +200,9 @@ class DryRunNode:
 
     def uncordon(self) -> None:
         self.stand_in.uncordon()
-        self.real.handback_pending = False
 
     def cycle_succeeded(self) -> None:
         pass
 
     def cycle_failed(self, reason: str) -> None:
-        self.real.cycle_failed(reason)
+        pass

@@ -252,3 +252,49 @@ def test_every_row_of_the_table_is_taken(tmp_path: Path) -> None:
     assert len(rows()) == sum(1 if isinstance(s, str) else len(s) for _, s, _, _ in machine.TRANSITIONS)
     assert rows() - taken == set()
     assert taken <= rows()
+
+
+# --- regressions (issue 9) ------------------------------------------------------------------------
+
+LEFT_CORDONED = {ANNOTATION: '{"cordoned_by_us":true,"holder":"old-pod","since":"2026-01-01T00:00:00Z",'
+                             '"state":"PruningAll","was_unschedulable":false}'}
+
+
+def test_a_dry_run_never_writes_to_the_node(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A dry run from a laptop must not undo a live agent's cordon, nor journal, nor emit Events."""
+    bed = Bed(tmp_path, env={"FSM_CLEANER_DRY_RUN": "true"})
+    bed.api = FakeNodeApi(unschedulable=True, annotations=LEFT_CORDONED)
+    bed.fill()
+    before = bed.runtime.stored_bytes()
+    with caplog.at_level("INFO", logger="fsm_cleaner"):
+        assert bed.run() == 0
+    assert bed.api.patches == [] and bed.api.events == []
+    assert bed.api.unschedulable and bed.api.annotations == LEFT_CORDONED
+    assert bed.runtime.stored_bytes() == before  # and nothing removed
+    assert "dry run: Reconciling would write: our cordon from PruningAll undone" in caplog.text
+    assert "would remove 1 stopped containers" in caplog.text
+
+
+def test_a_node_deleted_and_registered_again_is_cordoned_by_the_next_cycle(tmp_path: Path) -> None:
+    """A 404 in one cycle must not turn cordoning off for the rest of the process's life."""
+    bed = Bed(tmp_path)
+    bed.fill(images=8)
+    cordoned_at_removal: list[bool] = []
+
+    def delete_node() -> None:
+        bed.api.exists = False
+        bed.clock.at(30, register_again)  # during the Idle wait
+
+    def register_again() -> None:
+        bed.api.exists, bed.api.unschedulable, bed.api.annotations = True, False, {}
+
+    writes = iter(range(100))
+    for _ in range(100):
+        bed.api.faults.add("write", lambda: next(writes) == 1 and delete_node())  # PruningContainers' journal
+    for _ in range(100):
+        bed.runtime.faults.add("remove_image", lambda: cordoned_at_removal.append(bed.api.unschedulable))
+    bed.clock.at(200, bed.stop)
+    assert bed.run(once=False) == 0
+    assert ("fail", "PruningContainers", "Uncordoning") in bed.taken
+    assert cordoned_at_removal and all(cordoned_at_removal)  # the next cycle cordoned before removing
+    assert bed.handed_back()
