@@ -87,15 +87,12 @@ class NodeWriter:
         self.holder = holder or socket.gethostname()
         self.handback_pending = False
         self.journal_unreadable = False
-        self.gone: NoCluster | None = None  # set once the node is deleted (404)
 
     def reconcile(self) -> None:
         self.handback_pending = True  # until the release below has landed
         self._release("Reconciling")
 
     def cordon(self, usage: str) -> None:
-        if self.gone:
-            return self.gone.cordon(usage)
         self.handback_pending = True
         patch = self._write("Cordoning", lambda n: journal.cordon(n, self.holder, journal.now_rfc3339()))
         self._event("Cordoned" if patch and patch.unschedulable else "CleanupStarted",
@@ -103,23 +100,19 @@ class NodeWriter:
                     f"usage {usage}")
 
     def journal(self, state: str) -> None:
-        if not self.gone:
-            self._write(state, lambda n: journal.advance(n, state, self.holder, journal.now_rfc3339()))
+        self._write(state, lambda n: journal.advance(n, state, self.holder, journal.now_rfc3339()))
 
     def uncordon(self) -> None:
-        if self.gone:
-            return self.gone.uncordon()
         self._release("Uncordoning")
 
     def cycle_succeeded(self) -> None:
         """Replace an unreadable journal, now that a cycle of ours has succeeded."""
-        if self.journal_unreadable and not self.gone:
+        if self.journal_unreadable:
             with contextlib.suppress(step.StepFailed):  # try again after the next cycle
                 self._write("Idle", self._idle_journal)
 
     def cycle_failed(self, reason: str) -> None:
-        if not self.gone:
-            self._event("CleanupFailed", f"fsm-cleaner cycle failed: {reason}", warning=True)
+        self._event("CleanupFailed", f"fsm-cleaner cycle failed: {reason}", warning=True)
 
     def _timeout(self) -> tuple[float, float]:
         # A node write is tried even at the very end of the bound: it may be the uncordon.
@@ -151,10 +144,9 @@ class NodeWriter:
         try:
             patch = step.run(self.cfg, self.shutdown, name, attempt, patient=patient)
         except step.StepFailed as e:
-            if isinstance(e.__cause__, NodeGone):
-                log.error("node %s is gone: no more cordons or journal writes from this process",
-                          self.api.node_name)
-                self.gone = NoCluster()
+            if isinstance(e.__cause__, NodeGone):  # nothing to hand back; the next cycle reads it again
+                log.error("node %s is gone (404): this cycle ends; the next one reads the node again and "
+                          "cordons it if it is back", self.api.node_name)
                 self.handback_pending = False
             raise
         if patch is not None and ANNOTATION in patch.annotations:
