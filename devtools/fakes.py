@@ -144,7 +144,7 @@ class FakeRuntime:
     def remove_image(self, image: Image) -> str | None:
         self.faults("remove_image")
         if image.id not in self.store:
-            return None
+            return "already gone: removed by someone else meanwhile"
         if image.id in {c.image for c in self.containers}:
             return f"conflict: unable to remove {image.id[:12]}: image is being used by a container"
         if image.id in self.parents.values():

@@ -101,9 +101,9 @@ class Agent:
             if n and self.cfg.delay_seconds:
                 self.shutdown.pause(self.cfg.delay_seconds)
             name = ", ".join(image.tags) or image.id[:19]
-            kept = self._runtime("PruningAll", lambda image=image: rt.remove_image(image))
-            if kept:
-                log.info("kept image %s: %s", name, kept)
+            why_not = self._runtime("PruningAll", lambda image=image: rt.remove_image(image))
+            if why_not:
+                log.info("image %s not removed: %s", name, why_not)
                 continue
             self.report.tally(Removed(1, image.size), f"image {name}")
             self.cycle.usage = self.meter.after_removal(self.cycle.usage, image.size)

@@ -73,8 +73,8 @@ class Docker:
             for ref in image.tags[:-1]:
                 self.api.remove_image(ref)
             result = self.api.remove_image(image.tags[-1] if image.tags else image.id)
-        except docker.errors.NotFound:
-            return None  # someone else removed it meanwhile: it is gone either way
+        except docker.errors.NotFound:  # gone, but not freed by us: not counted as removed
+            return "already gone: removed by someone else meanwhile"
         except docker.errors.APIError as e:
             if e.status_code == 409:  # in use, or a parent of another image: never forced
                 return str(e.explanation or e)

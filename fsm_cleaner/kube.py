@@ -13,6 +13,7 @@ from kubernetes.client.exceptions import ApiException
 
 from .config import BY_NAME
 from .journal import NodeView, Patch, now_rfc3339
+from .retry import short_error
 
 log = logging.getLogger("fsm_cleaner")
 
@@ -95,5 +96,5 @@ class Kube:
         }
         try:
             self.api.create_namespaced_event(self.events_namespace, body, _request_timeout=timeout)
-        except Exception as e:  # events are advisory: a cycle never fails over one
-            log.debug("could not emit event %s: %s", reason, e)
+        except Exception as e:  # events are advisory: a cycle never fails over one, but say so
+            log.warning("could not emit event %s: %s", reason, short_error(e))

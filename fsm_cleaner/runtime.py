@@ -49,7 +49,7 @@ class Runtime(Protocol):
         """Parent id of every image that has one, intermediate images included."""
 
     def remove_image(self, image: Image) -> str | None:
-        """Remove one image, never forced; returns why it was kept, or None when it is gone."""
+        """Remove one image, never forced; None when this call removed it, else why it did not."""
 
 
 class DryRun:

@@ -18,6 +18,8 @@ from typing import Any
 from .clock import Clock
 
 log = logging.getLogger("fsm_cleaner")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # SIGHUP: a closed terminal, a supervisor
+IGNORED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)  # nothing to reload or dump; never die of them
 
 
 class StopRequested(BaseException):
@@ -33,14 +35,19 @@ class Shutdown:
         self.clock = clock
         self.deadline: float | None = None  # clock time by which the node must be handed back
         self._signum: int | None = None  # written by the signal handler only
+        self._ignored: int | None = None  # likewise: a signal to log as ignored
         self._announced = False
         self._interruptible = False
         self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
         os.set_blocking(self._wake_write, False)
 
     @property
     def requested(self) -> bool:
         """Whether a stop was requested; the first time it is seen, the main flow logs it."""
+        if self._ignored is not None:
+            log.info("signal %s ignored", self._ignored)
+            self._ignored = None
         if self._signum is not None and not self._announced:
             self._announced = True
             log.warning("signal %s: stopping (bound %.0f s)", self._signum, self.stop_timeout_seconds)
@@ -63,9 +70,17 @@ class Shutdown:
             self._interruptible = False
             raise StopRequested
 
+    def ignore(self, signum: int, _frame: Any = None) -> None:
+        """Signal handler for signals whose default action would kill the agent mid-cycle."""
+        self._ignored = signum
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_write, b"\0")
+
     def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self.request)
-        signal.signal(signal.SIGINT, self.request)
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self.request)
+        for signum in IGNORED_SIGNALS:
+            signal.signal(signum, self.ignore)
 
     def interrupted(self) -> None:
         """The main flow caught StopRequested."""
@@ -118,4 +133,7 @@ class Shutdown:
         end = self.clock.monotonic() + seconds
         while not self.requested and (left := end - self.clock.monotonic()) > 0:
             self.clock.wait(left, self._wake_read)
+            if not self.requested:  # woken by an ignored signal: empty the pipe and wait on
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_read, 512)
         return self.requested

@@ -108,3 +108,26 @@ while True:
     child.send_signal(signal.SIGTERM)
     assert child.wait(10) == 128 + signal.SIGTERM
     assert b"second signal 15: exiting now" in child.stderr.read()
+
+
+def test_sighup_stops_like_sigterm_and_sigusr_signals_are_ignored() -> None:
+    """SIGUSR1/SIGUSR2 (default action: terminate) would kill the agent with the node cordoned."""
+    child = subprocess.Popen([sys.executable, "-c", """
+import logging, sys
+from fsm_cleaner.clock import RealClock
+from fsm_cleaner.shutdown import Shutdown
+logging.basicConfig(stream=sys.stdout, level="INFO", format="%(message)s")
+shutdown = Shutdown(25, RealClock())
+shutdown.install_signal_handlers()
+print("ready", flush=True)
+shutdown.backoff(60)
+print("handing back", flush=True)
+"""], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ | {"PYTHONPATH": str(REPO)})
+    assert child.stdout.readline() == b"ready\n"
+    for signum in (signal.SIGUSR1, signal.SIGUSR2):
+        child.send_signal(signum)
+        assert child.stdout.readline().decode() == f"signal {signum} ignored\n"  # logged by the main flow
+    child.send_signal(signal.SIGHUP)
+    assert child.stdout.readline() == f"signal {signal.SIGHUP}: stopping (bound 25 s)\n".encode()
+    assert child.stdout.readline() == b"handing back\n"
+    assert child.wait(10) == 0
