@@ -14,7 +14,7 @@ from transitions import MachineError
 
 from . import machine, plan, step
 from .clock import Clock
-from .config import Config
+from .config import Config, ConfigError
 from .heartbeat import Heartbeat
 from .node import Node
 from .report import Cycle, Report, describe
@@ -151,8 +151,8 @@ class Agent:
         while True:
             try:
                 getattr(self, trigger)()
-            except MachineError:
-                raise  # a bug in the table itself: "fail" would not help
+            except (MachineError, ConfigError):
+                raise  # a bug in the table, or a wrong setting found at start: "fail" would not help
             except Exception as e:  # StepFailed, or a bug in a state: either way, hand the node back
                 reason = str(e)
                 if not isinstance(e, StepFailed):

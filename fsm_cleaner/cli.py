@@ -96,28 +96,12 @@ def build_agent(cfg: config.Config, runtime: Runtime, kube: NodeApi | None, *,
     return Agent(cfg, DryRun(runtime) if cfg.dry_run else runtime, node, shutdown, clock, disk or real_disk)
 
 
-def _require_node(kube: NodeApi, cfg: config.Config) -> None:
-    """A node that does not exist is a wrong NODE_NAME: pruning without a node to cordon is not safe."""
-    from .kube import CONNECT_TIMEOUT, NodeGone
-
-    try:
-        kube.read((CONNECT_TIMEOUT, cfg.api_timeout_seconds))
-    except NodeGone:
-        raise ConfigError(f"NODE_NAME={cfg.node_name!r}: no such node in the cluster; accepted: the name "
-                          "of an existing node (`kubectl get nodes`; in a pod, spec.nodeName from the "
-                          "downward API)") from None
-    except Exception as e:  # the API server is unreachable: Reconciling retries, nothing is cordoned
-        log.warning("could not check that node %s exists (%s); Reconciling retries", cfg.node_name, e)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     overrides = {s.name: getattr(args, s.name, None) for s in SETTINGS}
     overrides["DRY_RUN"] = "true" if args.dry_run else None
     cfg = config.load(**overrides)
     _logging(cfg.log_level)
     kube = _kube(cfg.node_name, cfg.events_namespace)
-    if kube is not None:
-        _require_node(kube, cfg)
     from .docker_runtime import Docker
 
     agent = build_agent(cfg, Docker.from_env(cfg.timeout_seconds), kube)

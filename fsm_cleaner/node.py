@@ -10,11 +10,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from . import journal, step
-from .config import Config
+from .config import Config, ConfigError
 from .journal import ANNOTATION, NodeView, Patch
 from .kube import CONNECT_TIMEOUT, EVENT_TIMEOUT, NodeGone
 from .shutdown import Shutdown
@@ -50,6 +50,19 @@ class Node(Protocol):
     def cycle_succeeded(self) -> None: ...
 
     def cycle_failed(self, reason: str) -> None: ...
+
+
+@contextlib.contextmanager
+def _node_must_exist(name: str) -> Iterator[None]:
+    """At start-up a missing node is a wrong NODE_NAME: pruning without a node to cordon is not safe."""
+    try:
+        yield
+    except step.StepFailed as e:
+        if isinstance(e.__cause__, NodeGone):
+            raise ConfigError(f"NODE_NAME={name!r}: no such node in the cluster; accepted: the name of an "
+                              "existing node (`kubectl get nodes`; in a pod, spec.nodeName from the "
+                              "downward API)") from None
+        raise
 
 
 class NoCluster:
@@ -90,7 +103,8 @@ class NodeWriter:
 
     def reconcile(self) -> None:
         self.handback_pending = True  # until the release below has landed
-        self._release("Reconciling")
+        with _node_must_exist(self.api.node_name):
+            self._release("Reconciling")
 
     def cordon(self, usage: str) -> None:
         self.handback_pending = True
@@ -145,8 +159,8 @@ class NodeWriter:
             patch = step.run(self.cfg, self.shutdown, name, attempt, patient=patient)
         except step.StepFailed as e:
             if isinstance(e.__cause__, NodeGone):  # nothing to hand back; the next cycle reads it again
-                log.error("node %s is gone (404): this cycle ends; the next one reads the node again and "
-                          "cordons it if it is back", self.api.node_name)
+                log.error("node %s not found (404): nothing to cordon or hand back; the next cycle reads "
+                          "it again", self.api.node_name)
                 self.handback_pending = False
             raise
         if patch is not None and ANNOTATION in patch.annotations:
@@ -179,7 +193,8 @@ class DryRunNode:
 
     def reconcile(self) -> None:
         timeout = (CONNECT_TIMEOUT, self.cfg.api_timeout_seconds)
-        node = step.run(self.cfg, self.shutdown, "Reconciling", lambda: self.api.read(timeout))
+        with _node_must_exist(self.api.node_name):
+            node = step.run(self.cfg, self.shutdown, "Reconciling", lambda: self.api.read(timeout))
         patch = journal.release(node, socket.gethostname(), journal.now_rfc3339())
         log.info("dry run: Reconciling would write: %s; the node is left as it is",
                  patch.why if patch else "nothing")

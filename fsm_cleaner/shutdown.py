@@ -35,7 +35,7 @@ class Shutdown:
         self.clock = clock
         self.deadline: float | None = None  # clock time by which the node must be handed back
         self._signum: int | None = None  # written by the signal handler only
-        self._ignored: int | None = None  # likewise: a signal to log as ignored
+        self._ignored: list[int] = []  # likewise: signals to log as ignored (append/pop are atomic)
         self._announced = False
         self._interruptible = False
         self._wake_read, self._wake_write = os.pipe()
@@ -45,9 +45,8 @@ class Shutdown:
     @property
     def requested(self) -> bool:
         """Whether a stop was requested; the first time it is seen, the main flow logs it."""
-        if self._ignored is not None:
-            log.info("signal %s ignored", self._ignored)
-            self._ignored = None
+        while self._ignored:
+            log.info("signal %s ignored", self._ignored.pop(0))
         if self._signum is not None and not self._announced:
             self._announced = True
             log.warning("signal %s: stopping (bound %.0f s)", self._signum, self.stop_timeout_seconds)
@@ -72,7 +71,7 @@ class Shutdown:
 
     def ignore(self, signum: int, _frame: Any = None) -> None:
         """Signal handler for signals whose default action would kill the agent mid-cycle."""
-        self._ignored = signum
+        self._ignored.append(signum)
         with contextlib.suppress(BlockingIOError):
             os.write(self._wake_write, b"\0")
 

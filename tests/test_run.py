@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from devtools.fakes import FakeNodeApi
+from devtools.fakes import FakeNodeApi, FakeRuntime
 from fsm_cleaner import cli, docker_runtime
 
 
@@ -15,13 +15,13 @@ def test_a_node_that_does_not_exist_at_start_is_a_configuration_error(
     """A typo in NODE_NAME must not turn cordoning off (the agent used to prune uncordoned, exit 0)."""
     api = FakeNodeApi("node-1")
     api.exists = False
-    docker_calls: list[float] = []
+    runtime = FakeRuntime()
     monkeypatch.setattr(cli, "_kube", lambda name, namespace="default": api)
-    monkeypatch.setattr(docker_runtime.Docker, "from_env", classmethod(lambda cls, t: docker_calls.append(t)))
+    monkeypatch.setattr(docker_runtime.Docker, "from_env", classmethod(lambda cls, t: runtime))
     monkeypatch.setenv("FSM_CLEANER_PATH_TO_CHECK", str(tmp_path))
     monkeypatch.setenv("FSM_CLEANER_NODE_NAME", "node-1")
     monkeypatch.setenv("FSM_CLEANER_HEARTBEAT_FILE", str(tmp_path / "heartbeat"))
     assert cli.main(["run", "--once"]) == cli.EXIT_CONFIG
     err = capsys.readouterr().err
     assert "configuration error: NODE_NAME='node-1': no such node in the cluster; accepted:" in err
-    assert docker_calls == [] and api.patches == []
+    assert runtime.faults.calls == [] and api.patches == []  # no Docker call, no write
