@@ -17,7 +17,12 @@ from . import config
 from .config import SETTINGS, ConfigError
 
 if TYPE_CHECKING:  # the Kubernetes client is imported only when a node name is set
+    from .agent import Agent
+    from .clock import Clock
     from .kube import Kube
+    from .node import Node, NodeApi
+    from .runtime import Runtime
+    from .usage import Disk
 
 log = logging.getLogger("fsm_cleaner")
 EXIT_CONFIG = 2
@@ -80,17 +85,36 @@ def _kube(node_name: str | None, namespace: str = "default") -> Kube | None:
     return Kube(api, node_name, namespace)
 
 
+def build_agent(cfg: config.Config, runtime: Runtime, kube: NodeApi | None, *,
+                clock: Clock | None = None, disk: Disk | None = None) -> Agent:
+    """Choose, once, what the agent talks to: a runtime that prunes or one that only lists (dry run),
+    a node that is written to or a stand-in that says why nothing is."""
+    from .agent import Agent
+    from .clock import RealClock
+    from .node import DryRunNode, NoCluster, NodeWriter
+    from .runtime import DryRun
+    from .shutdown import Shutdown
+
+    clock = clock or RealClock()
+    shutdown = Shutdown(cfg.stop_timeout_seconds, clock)
+    node: Node = NoCluster("dry run" if cfg.dry_run else "no cluster")
+    if kube is not None:
+        node = DryRunNode(kube, cfg, shutdown) if cfg.dry_run else NodeWriter(kube, cfg, shutdown)
+    from . import disk as real_disk
+
+    return Agent(cfg, DryRun(runtime) if cfg.dry_run else runtime, node, shutdown, clock, disk or real_disk)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     overrides = {s.name: getattr(args, s.name, None) for s in SETTINGS}
     overrides["DRY_RUN"] = "true" if args.dry_run else None
     cfg = config.load(**overrides)
     _logging(cfg.log_level)
     kube = _kube(cfg.node_name, cfg.events_namespace)
-    from .agent import Agent
     from .docker_runtime import Docker
 
-    agent = Agent(cfg, Docker.from_env(cfg.timeout_seconds), kube)
-    agent.install_signal_handlers()
+    agent = build_agent(cfg, Docker.from_env(cfg.timeout_seconds), kube)
+    agent.shutdown.install_signal_handlers()
     log.info("fsm-cleaner starting: node %s, path %s, %s threshold high %s low %s, interval %g s%s",
              cfg.node_name or "(none: no cluster)", cfg.path_to_check, cfg.threshold_type,
              cfg.threshold_high, cfg.threshold_low, cfg.interval_seconds, ", DRY RUN" if cfg.dry_run else "")

@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import docker
 import docker.errors
 
-from .plan import Image
+from .runtime import Image, Removed
 
 _STOPPED = {"status": ["exited", "created", "dead"]}
 
 
-@dataclass(frozen=True)
-class Removed:
-    count: int = 0
-    bytes: int = 0  # as Docker reports it (SpaceReclaimed, or image sizes in a dry run)
-
-
 class Docker:
+    """The Docker Engine as a runtime.Runtime."""
+
     def __init__(self, connect: Callable[[], docker.APIClient]):
         self._connect = connect
         self._api: docker.APIClient | None = None
@@ -78,8 +73,8 @@ class Docker:
             for ref in image.tags[:-1]:
                 self.api.remove_image(ref)
             result = self.api.remove_image(image.tags[-1] if image.tags else image.id)
-        except docker.errors.NotFound:
-            return None  # someone else removed it meanwhile: it is gone either way
+        except docker.errors.NotFound:  # gone, but not freed by us: not counted as removed
+            return "already gone: removed by someone else meanwhile"
         except docker.errors.APIError as e:
             if e.status_code == 409:  # in use, or a parent of another image: never forced
                 return str(e.explanation or e)

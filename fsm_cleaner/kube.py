@@ -11,14 +11,17 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from .config import BY_NAME
 from .journal import NodeView, Patch, now_rfc3339
+from .retry import short_error
 
 log = logging.getLogger("fsm_cleaner")
 
 
-# (connect, read) seconds; the agent passes FSM_CLEANER_API_TIMEOUT_SECONDS as the read part and
-# clips both to what is left of the stop bound.
-REQUEST_TIMEOUT = (5.0, 15.0)
+# (connect, read) seconds. The read part is the setting API_TIMEOUT_SECONDS (its default here, for
+# commands that read no configuration); the agent clips both to what is left of the stop bound.
+CONNECT_TIMEOUT = 5.0
+REQUEST_TIMEOUT = (CONNECT_TIMEOUT, float(BY_NAME["API_TIMEOUT_SECONDS"].default or 0))
 EVENT_TIMEOUT = (2, 5)
 
 
@@ -93,5 +96,5 @@ class Kube:
         }
         try:
             self.api.create_namespaced_event(self.events_namespace, body, _request_timeout=timeout)
-        except Exception as e:  # events are advisory: a cycle never fails over one
-            log.debug("could not emit event %s: %s", reason, e)
+        except Exception as e:  # events are advisory: a cycle never fails over one, but say so
+            log.warning("could not emit event %s: %s", reason, short_error(e))

@@ -9,14 +9,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 from .config import Config
-
-
-@dataclass(frozen=True)
-class Image:
-    id: str
-    created: int  # seconds since the epoch
-    size: int  # bytes, as Docker reports it (shared layers counted in each image)
-    tags: tuple[str, ...] = ()
+from .runtime import Image
 
 
 def above_high(usage: float, cfg: Config) -> bool:
@@ -259,17 +252,3 @@ def plan_removals(
 
 def name(image: ImageRecord) -> str:
     return ", ".join(image.refs) or image.id[:19]
-
-
-def describe(usage: float, cfg: Config) -> str:
-    if cfg.threshold_type == "relative":
-        return f"{usage:.1f}%"
-    return human_bytes(usage)
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")

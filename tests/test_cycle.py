@@ -263,7 +263,7 @@ def test_a_bug_in_a_state_hands_the_node_back(docker_bed: DockerBed, cluster: Cl
     from kubernetes import config as kube_config
 
     from fsm_cleaner import config, plan
-    from fsm_cleaner.agent import Agent
+    from fsm_cleaner.cli import build_agent
     from fsm_cleaner.docker_runtime import Docker
     from fsm_cleaner.kube import Kube
 
@@ -272,7 +272,7 @@ def test_a_bug_in_a_state_hands_the_node_back(docker_bed: DockerBed, cluster: Cl
     env = above(docker_bed, tmp_path)
     monkeypatch.setattr(plan, "removal_order", lambda *a: 1 / 0)
     api = client.CoreV1Api(kube_config.new_client_from_config(config_file=env["KUBECONFIG"]))
-    agent = Agent(config.load(env), Docker(lambda: docker_bed.client().api), Kube(api, NODE))
+    agent = build_agent(config.load(env), Docker(lambda: docker_bed.client().api), Kube(api, NODE))
     with caplog.at_level("INFO", logger="fsm_cleaner"):
         assert agent.run(once=True) == 1
     assert "unexpected error in PruningAll" in caplog.text

@@ -9,8 +9,9 @@ import requests
 from kubernetes.client.exceptions import ApiException
 
 from fsm_cleaner import config, plan
-from fsm_cleaner.plan import Image, ImageRecord
+from fsm_cleaner.plan import ImageRecord
 from fsm_cleaner.retry import is_transient
+from fsm_cleaner.runtime import Image
 
 
 def cfg(tmp_path, low: float | None) -> config.Config:

@@ -1,0 +1,229 @@
+"""In-memory stand-ins for the agent's ports, so its machine runs in milliseconds without root,
+dockerd, a cluster or sleeping: a container runtime, the disk it fills, a clock and the node API.
+
+``FakeNodeApi`` speaks as kube.Kube does (NodeView in, Patch out, a resourceVersion precondition that
+answers 409, NodeGone for 404), so the real node writer and journal decisions run against it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import select
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from kubernetes.client.exceptions import ApiException
+
+from fsm_cleaner.disk import FsStats
+from fsm_cleaner.journal import NodeView, Patch
+from fsm_cleaner.kube import NodeGone
+from fsm_cleaner.runtime import Image, Removed
+
+
+class Faults:
+    """Exceptions to raise, in turn, from named calls; a callable is run instead of raised."""
+
+    def __init__(self) -> None:
+        self._queue: dict[str, list[BaseException | Callable[[], object]]] = {}
+        self.calls: list[str] = []
+
+    def add(self, call: str, *faults: BaseException | Callable[[], object]) -> None:
+        self._queue.setdefault(call, []).extend(faults)
+
+    def __call__(self, call: str) -> None:
+        self.calls.append(call)
+        queue = self._queue.get(call)
+        if queue:
+            fault = queue.pop(0)
+            if isinstance(fault, BaseException):
+                raise fault
+            fault()
+
+
+class FakeClock:
+    """Monotonic time that moves only when the agent waits; actions fire at their time."""
+
+    def __init__(self, start: float = 1000.0):
+        self.now = start
+        self._due: list[tuple[float, int, Callable[[], object]]] = []
+        self._order = itertools.count()
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def at(self, delay: float, action: Callable[[], object]) -> None:
+        """Run ``action`` once ``delay`` seconds from now have been waited through."""
+        heapq.heappush(self._due, (self.now + delay, next(self._order), action))
+
+    def wait(self, seconds: float, wake_fd: int) -> None:
+        end = self.now + max(seconds, 0)
+        while self._due and self._due[0][0] <= end and not self._readable(wake_fd):
+            when, _, action = heapq.heappop(self._due)
+            self.now = max(self.now, when)
+            action()
+        if not self._readable(wake_fd):
+            self.now = end
+
+    @staticmethod
+    def _readable(fd: int) -> bool:
+        return bool(select.select([fd], [], [], 0)[0])
+
+
+@dataclass
+class FakeContainer:
+    image: str
+    running: bool
+    size: int = 0
+
+
+@dataclass
+class FakeRuntime:
+    """Images and containers in memory; removing them frees what the FakeDisk counts."""
+
+    store: dict[str, Image] = field(default_factory=dict)  # by id
+    parents: dict[str, str] = field(default_factory=dict)
+    containers: list[FakeContainer] = field(default_factory=list)
+    faults: Faults = field(default_factory=Faults)
+    removed: list[str] = field(default_factory=list)
+    _created: itertools.count = field(default_factory=lambda: itertools.count(1_700_000_000))
+
+    def add_image(self, id: str, size: int, *tags: str, parent: str = "") -> Image:
+        image = Image(id, next(self._created), size, tuple(tags))
+        self.store[id] = image
+        if parent:
+            self.parents[id] = parent
+        return image
+
+    def add_container(self, image: str, running: bool, size: int = 0) -> None:
+        self.containers.append(FakeContainer(image, running, size))
+
+    def stored_bytes(self) -> int:
+        return sum(i.size for i in self.store.values()) + sum(c.size for c in self.containers)
+
+    def _dangling(self) -> list[Image]:
+        return [i for i in self.store.values() if not i.tags and i.id not in self.parents.values()]
+
+    def ping(self) -> None:
+        self.faults("ping")
+
+    def stopped_containers(self) -> Removed:
+        self.faults("stopped_containers")
+        stopped = [c for c in self.containers if not c.running]
+        return Removed(len(stopped), sum(c.size for c in stopped))
+
+    def prune_containers(self) -> Removed:
+        self.faults("prune_containers")
+        stopped = [c for c in self.containers if not c.running]
+        self.containers = [c for c in self.containers if c.running]
+        return Removed(len(stopped), sum(c.size for c in stopped))
+
+    def dangling_images(self) -> list[Image]:
+        self.faults("dangling_images")
+        return self._dangling()
+
+    def prune_dangling(self) -> Removed:
+        self.faults("prune_dangling")
+        gone = self._dangling()
+        for image in gone:
+            self._delete(image.id)
+        return Removed(len(gone), sum(i.size for i in gone))
+
+    def images(self) -> list[Image]:
+        self.faults("images")
+        return list(self.store.values())
+
+    def images_in_use(self) -> set[str]:
+        self.faults("images_in_use")
+        return {c.image for c in self.containers}
+
+    def image_parents(self) -> dict[str, str]:
+        self.faults("image_parents")
+        return dict(self.parents)
+
+    def remove_image(self, image: Image) -> str | None:
+        self.faults("remove_image")
+        if image.id not in self.store:
+            return "already gone: removed by someone else meanwhile"
+        if image.id in {c.image for c in self.containers}:
+            return f"conflict: unable to remove {image.id[:12]}: image is being used by a container"
+        if image.id in self.parents.values():
+            self.store[image.id] = Image(image.id, image.created, image.size)
+            return "only untagged: it is the parent of another image, so nothing was freed"
+        self._delete(image.id)
+        return None
+
+    def _delete(self, id: str) -> None:
+        del self.store[id]
+        self.parents.pop(id, None)
+        self.removed.append(id)
+
+
+class FakeDisk:
+    """The filesystem under PATH_TO_CHECK: ``base`` bytes plus what the runtime stores."""
+
+    def __init__(self, runtime: FakeRuntime, total: int, base: int = 0):
+        self.runtime, self.total, self.base = runtime, total, base
+        self.faults = Faults()
+
+    def used(self) -> int:
+        return self.base + self.runtime.stored_bytes()
+
+    def fs_stats(self, path: str) -> FsStats:
+        self.faults("fs_stats")
+        return FsStats(total_bytes=self.total, free_bytes=self.total - self.used(),
+                       total_inodes=1_000_000, free_inodes=1_000_000)
+
+    def tree_bytes(self, path: str) -> int:
+        self.faults("tree_bytes")
+        return self.used()
+
+
+class FakeNodeApi:
+    """One node in memory, with the API's answers: 409 on a stale resourceVersion, NodeGone for 404."""
+
+    def __init__(self, node_name: str = "node-1", unschedulable: bool = False,
+                 annotations: dict[str, str] | None = None):
+        self.node_name = node_name
+        self.unschedulable = unschedulable
+        self.annotations = dict(annotations or {})
+        self.resource_version = 1
+        self.exists = True
+        self.faults = Faults()
+        self.patches: list[Patch] = []
+        self.events: list[tuple[str, str, bool]] = []
+
+    def view(self) -> NodeView:
+        return NodeView(self.node_name, str(self.resource_version), self.unschedulable,
+                        dict(self.annotations))
+
+    def touch(self) -> None:
+        """Someone else updated the node (a status heartbeat, a label)."""
+        self.resource_version += 1
+
+    def read(self, timeout: tuple[float, float]) -> NodeView:
+        self.faults("read")
+        if not self.exists:
+            raise NodeGone(f"node {self.node_name!r} not found")
+        return self.view()
+
+    def write(self, seen: NodeView, patch: Patch, timeout: tuple[float, float]) -> None:
+        self.faults("write")
+        if not self.exists:
+            raise NodeGone(f"node {self.node_name!r} not found")
+        if seen.resource_version != str(self.resource_version):
+            raise ApiException(status=409, reason="Conflict")
+        for key, value in patch.annotations.items():
+            if value is None:
+                self.annotations.pop(key, None)
+            else:
+                self.annotations[key] = value
+        if patch.unschedulable is not None:
+            self.unschedulable = patch.unschedulable
+        self.resource_version += 1
+        self.patches.append(patch)
+
+    def event(self, reason: str, message: str, warning: bool = False,
+              timeout: tuple[float, float] = (2, 5)) -> None:
+        self.faults("event")
+        self.events.append((reason, message, warning))
