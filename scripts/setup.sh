@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 # command -> Debian package that provides it
 declare -A provides=(
   [dockerd]=docker.io [busybox]=busybox-static [mkfs.ext4]=e2fsprogs [losetup]=mount
-  [dot]=graphviz [du]=coreutils [python3]=python3 [git]=git
+  [dot]=graphviz [du]=coreutils [python3]=python3 [git]=git [podman]=podman
 )
 missing=()
 for cmd in "${!provides[@]}"; do

@@ -1,0 +1,1 @@
+"""Developer tools: real-runtime test beds for demos and tests (not shipped in the package)."""
