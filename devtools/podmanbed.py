@@ -6,12 +6,12 @@ usage(), client(), stop_daemon()/start_daemon() (dockerd_pid() names the service
 
 Layout under `root`: disk.img (sparse loop file), mnt/ (mountpoint = what the agent measures),
 mnt/storage (Podman's --root: images, containers, libpod database), podman.pid, podman.log, and a
-short exec dir (root/exec, or /tmp/fsm-podbed-<hash> when root is long: unix socket paths are limited
-to 107 bytes) with the socket podman.sock, --runroot run/, --tmpdir tmp/, the events file and the
-bed's own containers.conf, storage.conf and registries.conf. Nothing of the host's container
-configuration is read, and nothing is written outside the bed (no shared-memory locks, no CNI lock in
-/etc/cni) except Podman's 64 KiB blob-info cache in /var/lib/containers/cache, which import and build
-write there whatever the configuration says.
+short exec dir (root/exec, or /tmp/fsm-podbed-<hash> when that is longer than 46 characters: Podman
+refuses a runroot longer than 50) with the socket podman.sock, --runroot run/, --tmpdir tmp/, the
+events file and the bed's own containers.conf, storage.conf and registries.conf. Nothing of the
+host's container configuration is read, and nothing is written outside the bed (no shared-memory
+locks, no CNI lock in /etc/cni) except Podman's 64 KiB blob-info cache in /var/lib/containers/cache,
+which import and build write there whatever the configuration says.
 
 Podman specifics, each one measured here (Podman 4.3.1, runc 1.1.5, cgroup v1, no systemd):
 - runc cannot raise a container's nofile/nproc limits without CAP_SYS_RESOURCE ("error setting rlimit
@@ -20,9 +20,9 @@ Podman specifics, each one measured here (Podman 4.3.1, runc 1.1.5, cgroup v1, n
   does not stop them. Teardown kills them through the API first, then stops the service by pid, then
   kills whatever still names this bed's runroot (conmon, `podman container cleanup`) or runs on its
   storage, as the dockerd bed does.
-- The compat API normalises short names to docker.io: the base image, imported with `podman import`,
-  is `localhost/fsmtest/busybox:latest` and must be named so; images built through the API with tag
-  `fsmtest/app:v1` are listed as `docker.io/fsmtest/app:v1`.
+- Image references are listed fully qualified: the base image, imported with `podman import`, is
+  `localhost/fsmtest/busybox:latest`; images built through the API with tag `fsmtest/app:v1` are
+  listed as `docker.io/fsmtest/app:v1` (short names still find both).
 
 Command line (same shape as the dockerd bed)::
 
@@ -77,7 +77,9 @@ REQUIRED_TOOLS = {
     "losetup": "mount",
 }
 ULIMITS = ("nofile=4096:4096", "nproc=4096:4096")
-MAX_EXEC_ROOT_LEN = 107 - len("/podman.sock") - 4
+# Podman refuses a runroot longer than 50 characters ("the specified runroot is longer than 50
+# characters"): conmon's sockets live below it.
+MAX_EXEC_ROOT_LEN = 50 - len("/run")
 
 
 def check_prerequisites() -> dict[str, str]:
