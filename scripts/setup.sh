@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 declare -A provides=(
   [dockerd]=docker.io [containerd]=containerd [runc]=runc [busybox]=busybox-static [mkfs.ext4]=e2fsprogs
   [mount]=mount [umount]=mount [losetup]=mount [du]=coreutils [df]=coreutils [dot]=graphviz
-  [python3]=python3 [git]=git
+  [python3]=python3 [git]=git [podman]=podman
 )
 missing=()
 for cmd in "${!provides[@]}"; do
