@@ -27,9 +27,9 @@ import pytest
 
 from devtools import podmanbed
 from devtools.podmanbed import BASE_REF, PodmanBed
+from devtools.testbed import TestbedError, _alive, _loops_backing
 from fsm_cleaner.docker_runtime import Docker, Removed
 from fsm_cleaner.plan import Image
-from devtools.testbed import TestbedError, _alive, _loops_backing
 
 REPO = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024

@@ -12,10 +12,10 @@ from typing import Any
 import docker
 import pytest
 
+from devtools.testbed import DockerBed
 from fsm_cleaner import history
 from fsm_cleaner.history import History, Usage
 from fsm_cleaner.watcher import DockerEvents, Use, Watcher, _epoch, decode
-from devtools.testbed import DockerBed
 
 ID = "sha256:c5ef591649193980faa5f7e007ec371c54cdff083d746ed70b95e67bac63016b"
 CID = "2ac6d6d8ff620e8cb27aba44ed1bfa7c66685e331e0cc4a6e50128b301e8de8a"
