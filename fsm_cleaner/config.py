@@ -56,6 +56,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("EVENTS_NAMESPACE", "default", "namespace of the Events emitted for the node", False),
     Setting("DRY_RUN", "false", "measure and report, never cordon nor remove", False),
     Setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR", False),
+    # retention and build cache (issues 9 and 10)
+    Setting("MIN_AGE", "30m", "images and build cache younger than this stay (seconds, or 90s, 30m, 2h, 1d)",
+            False),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -81,6 +84,7 @@ class Config:
     events_namespace: str
     dry_run: bool
     log_level: str
+    min_age_seconds: float
 
     @property
     def unit(self) -> str:
@@ -157,6 +161,22 @@ def _node_name(var: str, raw: str) -> str | None:
             "characters), as the downward API's spec.nodeName gives it"
         )
     return name or None
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(var: str, raw: str) -> float:
+    """Seconds as a number, or a duration such as 90s, 30m, 2h, 1h30m, 1d."""
+    text = raw.strip().lower()
+    value = _float(text)
+    if math.isnan(value) and text and _DURATION.sub("", text) == "":
+        value = sum(float(n) * _SECONDS[u] for n, u in _DURATION.findall(text))
+    if not (math.isfinite(value) and value >= 0):
+        raise ConfigError(f"{var}={raw!r} is not a duration; accepted: seconds (e.g. 1800) or a duration "
+                          "such as 90s, 30m, 2h, 1h30m, 1d")
+    return value
 
 
 def _bool(var: str, raw: str) -> bool:
@@ -263,5 +283,6 @@ def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         heartbeat_max_age_seconds=get("HEARTBEAT_MAX_AGE_SECONDS", _ALONE["HEARTBEAT_MAX_AGE_SECONDS"]),
         events_namespace=get("EVENTS_NAMESPACE"),
         dry_run=get("DRY_RUN", _bool),
+        min_age_seconds=get("MIN_AGE", _duration),
         log_level=get("LOG_LEVEL", lambda v, r: _choice(v, r, ("debug", "info", "warning", "error"))).upper(),
     )
