@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from transitions import MachineError
 
-from . import machine, plan, step
+from . import machine, metrics, plan, step
 from .clock import Clock
 from .config import Config, ConfigError
 from .heartbeat import Heartbeat
@@ -79,12 +79,12 @@ class Agent:
     def on_enter_PruningContainers(self, _: Any) -> None:
         self.node.journal("PruningContainers")
         found = self._runtime("PruningContainers", self.runtime.prune_containers)
-        self.report.tally(found, f"{found.count} stopped containers", containers=True)
+        self.report.tally(found, f"{found.count} stopped containers", "container", "stopped")
 
     def on_enter_PruningDangling(self, _: Any) -> None:
         self.node.journal("PruningDangling")
         found = self._runtime("PruningDangling", self.runtime.prune_dangling)
-        self.report.tally(found, f"{found.count} dangling images")
+        self.report.tally(found, f"{found.count} dangling images", "dangling", "dangling")
         self.cycle.dangling_found = found.count > 0
         self.cycle.usage = self.meter.measure()
 
@@ -105,7 +105,7 @@ class Agent:
             if why_not:
                 log.info("image %s not removed: %s", name, why_not)
                 continue
-            self.report.tally(Removed(1, image.size), f"image {name}")
+            self.report.tally(Removed(1, image.size), f"image {name}", "image", "least needed")
             self.cycle.usage = self.meter.after_removal(self.cycle.usage, image.size)
             self.heartbeat.beat()
 
@@ -180,6 +180,7 @@ class Agent:
                  event.event.name, now - self._entered)
         self._entered = now
         self.heartbeat.beat()
+        metrics.record_state(event.transition.dest, cordoned=self.node.handback_pending)
 
     def _runtime(self, name: str, fn: Callable[[], T]) -> T:
         with self.shutdown.stoppable():

@@ -110,6 +110,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides["DRY_RUN"] = "true" if args.dry_run else None
     cfg = config.load(**overrides)
     _logging(cfg.log_level)
+    if cfg.metrics_port is not None:  # the metrics are recorded either way; only the endpoint is optional
+        from . import metrics
+
+        metrics.serve(cfg.metrics_port, cfg.metrics_address)
+        log.info("metrics at http://%s/metrics", _host_port(cfg.metrics_address, cfg.metrics_port))
     kube = _kube(cfg.node_name, cfg.events_namespace)
     from .docker_runtime import Docker
 
@@ -119,6 +124,10 @@ def cmd_run(args: argparse.Namespace) -> int:
              cfg.node_name or "(none: no cluster)", cfg.path_to_check, cfg.threshold_type,
              cfg.threshold_high, cfg.threshold_low, cfg.interval_seconds, ", DRY RUN" if cfg.dry_run else "")
     return agent.run(once=args.once)
+
+
+def _host_port(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def cmd_status(args: argparse.Namespace) -> int:

