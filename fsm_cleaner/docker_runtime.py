@@ -88,7 +88,7 @@ class Docker:
         except docker.errors.NotFound:  # gone, but not freed by us: not counted as removed
             return "already gone: removed by someone else meanwhile"
         except docker.errors.APIError as e:
-            if e.status_code == 409:  # in use, a parent, or more references than tags: never forced
+            if e.status_code == 409:  # kept whole: in use, a parent, or references beyond its tags
                 return str(e.explanation or e)
             raise
         return None
