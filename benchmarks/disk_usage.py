@@ -23,7 +23,7 @@ from pathlib import Path
 # Allow running from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fsm_cleaner.disk import tree_bytes, walk_tree_bytes  # noqa: E402
+from fsm_cleaner.disk import tree_bytes, walk_tree  # noqa: E402
 
 FILES_PER_DIR = 20
 FANOUT = 10  # leaf dirs sit 4 levels down: d3/d2/d1/d0, like a layer's usr/lib/x/y
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         methods: list[tuple[str, Callable[[str], int]]] = [
             ("tree_bytes", tree_bytes),
-            ("walk_tree_bytes (Py fallback)", walk_tree_bytes),
+            ("walk_tree (Py fallback)", lambda p: walk_tree(p).bytes),
             ("naive os.walk+getsize", naive_walk),
             ("docker-image-cleaner's walk", old_cleaner_walk),
             ("du -s -x -B1", du_s),

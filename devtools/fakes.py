@@ -147,9 +147,8 @@ class FakeRuntime:
             return "already gone: removed by someone else meanwhile"
         if image.id in {c.image for c in self.containers}:
             return f"conflict: unable to remove {image.id[:12]}: image is being used by a container"
-        if image.id in self.parents.values():
-            self.store[image.id] = Image(image.id, image.created, image.size)
-            return "only untagged: it is the parent of another image, so nothing was freed"
+        if image.id in self.parents.values():  # kept whole, tags included, as docker_runtime does
+            return "it is the parent of another image (seen right before removal)"
         self._delete(image.id)
         return None
 

@@ -57,7 +57,7 @@ TRIGGERS: dict[str, Trigger] = {
     "tick": Trigger("INTERVAL_SECONDS elapsed in Idle", "black", "solid", "1", "4"),
     "next": Trigger("the state's work is done", "black", "solid", "1", "4"),
     "fail": Trigger("the state's retries ran out (failure path)", "red3", "dashed", "1.8", "1"),
-    "stop": Trigger("SIGTERM/SIGINT: hand the node back and stop", "darkorange3", "dotted", "2", "1"),
+    "stop": Trigger("SIGTERM/SIGINT/SIGHUP: hand the node back and stop", "darkorange3", "dotted", "2", "1"),
 }
 STYLE_WORDS = {"bold": "bold", "solid": "", "dashed": "dashed", "dotted": "dotted"}
 COLOR_WORDS = {"blue3": "blue", "black": "black", "red3": "red", "darkorange3": "orange"}

@@ -6,7 +6,9 @@ Stdlib only. Two questions are answered here:
   computes ``Use%`` / ``IUse%`` so that the numbers in our logs match what an operator sees.
 * ``tree_bytes(path)`` - bytes allocated under a directory, counted like ``du -s -x``.
   It runs GNU ``du`` when available (C, ~2x faster than any pure-Python walk here) and
-  falls back to an equivalent pure-Python walk when ``du`` is missing or unusable.
+  falls back to an equivalent pure-Python walk when ``du`` is missing or unusable. What it
+  was denied (directories of other owners, 0700, without ``DAC_READ_SEARCH``) is a warning
+  with how much may be missing, or ``UnreadableTree`` when most of the tree may be missing.
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ import stat
 import subprocess
 from dataclasses import dataclass
 
-__all__ = ["FsStats", "du_tree_bytes", "fs_stats", "tree_bytes", "walk_tree_bytes"]
+__all__ = ["FsStats", "Tree", "UnreadableTree", "du_tree", "fs_stats", "tree_bytes", "unreadable_warning",
+           "walk_tree"]
 
 log = logging.getLogger(__name__)
 
 # st_blocks is in 512-byte units on Linux regardless of the filesystem block size.
 _ST_BLOCK = 512
+# What an operator must change when the agent cannot read the tree it measures.
+_CAPABILITY = "absolute mode needs CAP_DAC_READ_SEARCH (deploy/README.md) or THRESHOLD_TYPE=relative"
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,18 @@ def fs_stats(path: str) -> FsStats:
     )
 
 
+@dataclass(frozen=True)
+class Tree:
+    """One count of a tree."""
+
+    bytes: int
+    unreadable: int = 0  # directories (or entries) it was denied: whatever they hold is not in bytes
+
+
+class UnreadableTree(PermissionError):
+    """Most of a tree could not be read: its count is too low to compare with a threshold."""
+
+
 def tree_bytes(path: str) -> int:
     """Bytes allocated under ``path``, counted like ``du -s -x -B1``.
 
@@ -99,23 +116,49 @@ def tree_bytes(path: str) -> int:
     small); directories count their own blocks; symlinks are not followed; entries on a
     different filesystem than ``path`` are skipped entirely, so overlay ``merged`` mounts of
     running containers under /var/lib/docker are not counted twice; entries that vanish while
-    walking (Docker removing layers) and unreadable directories are skipped, counting what
-    can be counted.
+    walking (Docker removing layers) are skipped, counting what can be counted.
 
-    Raises ``OSError`` (e.g. ``FileNotFoundError``) only when ``path`` itself cannot be stat'ed.
+    Directories it is denied are skipped too, but not silently: a warning says how many and how
+    much they may hold (see ``unreadable_warning``), and when that may be most of the tree the
+    count is refused with ``UnreadableTree``. Raises ``OSError`` (e.g. ``FileNotFoundError``)
+    when ``path`` itself cannot be stat'ed.
     """
-    total = du_tree_bytes(path)
-    if total is None:
+    tree = du_tree(path)
+    if tree is None:
         log.debug("du unavailable for %s; using the Python walk", path)
-        return walk_tree_bytes(path)
-    return total
+        tree = walk_tree(path)
+    if tree.unreadable:
+        log.warning("%s", unreadable_warning(path, tree, fs_stats(path).used_bytes))
+    return tree.bytes
 
 
-def du_tree_bytes(path: str) -> int | None:
-    """Total from GNU ``du -s -x -B1``, or None when ``du`` is missing or printed no total.
+def unreadable_warning(path: str, tree: Tree, fs_used: int) -> str:
+    """What to tell the operator about a count that was denied ``tree.unreadable`` directories.
+
+    The denied directories' size is unknowable without reading them; what the filesystem holds
+    beyond the count bounds it from above (more than the tree when the filesystem holds other
+    things too). When that bound exceeds the count, most of the tree may be unread, and the
+    count would under-measure by more than itself: ``UnreadableTree``.
+    """
+    from .report import human_bytes  # report imports this module
+
+    missing = max(fs_used - tree.bytes, 0)
+    if missing > tree.bytes:
+        raise UnreadableTree(
+            f"{path} is mostly unreadable ({tree.unreadable} directories denied, {human_bytes(tree.bytes)} "
+            f"counted of {human_bytes(fs_used)} used): {_CAPABILITY}")
+    return (f"{path}: {tree.unreadable} directories could not be read (permission denied): the "
+            f"{human_bytes(tree.bytes)} counted may be short by up to {human_bytes(missing)} (what its "
+            f"filesystem holds beyond that); {_CAPABILITY}")
+
+
+def du_tree(path: str) -> Tree | None:
+    """The count of GNU ``du -s -x -B1``, or None when ``du`` is missing or printed no total.
 
     ``du`` exits 1 when some entries vanished or were unreadable but still prints the total
-    of what it could count, which is exactly the tolerance we want, so that total is kept.
+    of what it could count, which is exactly the tolerance we want, so that total is kept;
+    each "Permission denied" on stderr (one per directory it could not read or entry it could
+    not stat; the C locale keeps the words fixed) counts as unreadable.
     """
     try:
         proc = subprocess.run(
@@ -123,6 +166,7 @@ def du_tree_bytes(path: str) -> int | None:
             stdin=subprocess.DEVNULL,
             capture_output=True,
             check=False,
+            env={**os.environ, "LC_ALL": "C"},
         )
     except OSError as exc:  # no du on PATH (distroless/minimal images), or not executable
         log.debug("cannot run du: %s", exc)
@@ -141,17 +185,19 @@ def du_tree_bytes(path: str) -> int | None:
         return None
     if proc.returncode:
         log.debug("du -s %s: partial total (%s)", path, proc.stderr[-300:])
-    return int(head)
+    denied = sum(line.endswith(b": Permission denied") for line in proc.stderr.splitlines())
+    return Tree(int(head), denied)
 
 
-def walk_tree_bytes(path: str) -> int:
+def walk_tree(path: str) -> Tree:
     """Pure-Python equivalent of ``du -s -x -B1`` (see ``tree_bytes`` for the rules)."""
     root = os.lstat(path)  # path itself missing is a caller error, not a race: let it raise
     total = root.st_blocks * _ST_BLOCK
     if not stat.S_ISDIR(root.st_mode):
-        return total
+        return Tree(total)
     dev = root.st_dev
     seen: set[tuple[int, int]] = set()
+    denied = 0
     stack = [path]
     while stack:
         try:
@@ -159,7 +205,10 @@ def walk_tree_bytes(path: str) -> int:
                 for entry in entries:
                     try:
                         st = entry.stat(follow_symlinks=False)
-                    except OSError:  # vanished since readdir, or not searchable
+                    except PermissionError:  # its directory is readable but not searchable
+                        denied += 1
+                        continue
+                    except OSError:  # vanished since readdir
                         continue
                     if st.st_dev != dev:  # a mount point or something on another fs
                         continue
@@ -172,6 +221,8 @@ def walk_tree_bytes(path: str) -> int:
                         seen.add(key)
                     # A directory's own blocks count even if listing it fails later (as du).
                     total += st.st_blocks * _ST_BLOCK
-        except OSError:  # directory vanished or unreadable: keep what was counted so far
+        except PermissionError:  # not ours to read: counted, as du counts it
+            denied += 1
+        except OSError:  # directory vanished: keep what was counted so far
             continue
-    return total
+    return Tree(total, denied)

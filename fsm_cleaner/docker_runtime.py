@@ -64,23 +64,44 @@ class Docker:
         return {c["ImageID"] for c in self.api.containers(all=True)}
 
     def remove_image(self, image: Image) -> str | None:
-        """Remove one image without force; returns why it was kept, or None when it is gone.
+        """Remove one image whole, or leave it whole; returns why it was kept, or None when it is gone.
 
-        An image with several tags cannot be removed by id without force, so its tags are removed one
-        by one: dropping the last tag deletes the image, unless it is the parent of another image.
+        One tag (or none): removed by id without force, so the daemon itself decides, in one call, that
+        no container (running, stopped or created) uses it and no image builds on it; a refused removal
+        leaves the image with its tag. Several tags: dockerd removes an image by id without force only
+        when it has at most one, and removing the tags one by one let a container started on the second
+        tag meanwhile keep the image but lose the first tag. So the agent looks again right before
+        removing it (any container using it, any child image) and, only if that look finds none,
+        removes it by id with force, which drops every tag and the image in one call. Force overrides
+        only dockerd's soft conflicts: a container running on the image or a child image still makes
+        the daemon refuse, all tags kept. What force would override is a container created (not
+        started) on the image in the milliseconds between that look and the removal: the image record
+        and its tags go, the container keeps its layers and still starts. Force is dockerd's meaning;
+        a runtime whose force removes the containers (Podman) must not take this path.
         """
         try:
-            for ref in image.tags[:-1]:
-                self.api.remove_image(ref)
-            result = self.api.remove_image(image.tags[-1] if image.tags else image.id)
+            if len(image.tags) > 1:
+                why = self._in_use_or_parent(image.id)
+                if why:
+                    return why
+            self.api.remove_image(image.id, force=len(image.tags) > 1)
         except docker.errors.NotFound:  # gone, but not freed by us: not counted as removed
             return "already gone: removed by someone else meanwhile"
         except docker.errors.APIError as e:
-            if e.status_code == 409:  # in use, or a parent of another image: never forced
+            if e.status_code == 409:  # kept whole: in use, a parent, or references beyond its tags
                 return str(e.explanation or e)
             raise
-        if not any("Deleted" in r for r in result or []):
-            return "only untagged: it is the parent of another image, so nothing was freed"
+        return None
+
+    def _in_use_or_parent(self, image_id: str) -> str | None:
+        """Why ``image_id`` must stay, from a fresh look: a container of any state uses it, or another
+        image builds on it; None when neither. Containers are listed last, as close to the removal as
+        possible: they are what changes most often."""
+        if any(r.get("ParentId") == image_id for r in self.api.images(all=True)):
+            return "it is the parent of another image (seen right before removal)"
+        users = [c["Id"][:12] for c in self.api.containers(all=True) if c.get("ImageID") == image_id]
+        if users:
+            return f"in use by container {', '.join(users)} (seen right before removal)"
         return None
 
     @staticmethod

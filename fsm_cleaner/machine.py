@@ -3,7 +3,7 @@
 This module is the single source of truth: the agent is built from it, and `fsm-cleaner diagrams`
 renders the diagrams and the on-call runbook from it. Triggers:
   start  the process began       tick  the interval elapsed      next  the state's work is done
-  fail   the state's retries ran out                               stop  SIGTERM/SIGINT
+  fail   the state's retries ran out      stop  SIGTERM, SIGINT or SIGHUP (SIGUSR1/SIGUSR2 are ignored)
 Conditions are methods of the agent, named after what they check.
 """
 
@@ -116,7 +116,7 @@ STATES: tuple[StateDoc, ...] = (
         cordoned="yes, if the node was schedulable before the cycle",
         if_killed="The next start uncordons (journal says PruningAll).",
         if_stuck="Long runs mean many images: lower DELAY_SECONDS or set THRESHOLD_LOW closer to "
-                 "THRESHOLD_HIGH. The agent stops removing and uncordons on SIGTERM.",
+                 "THRESHOLD_HIGH. The agent stops removing and uncordons on SIGTERM, SIGINT or SIGHUP.",
         journal="PruningAll, since = when the removals began (it is not rewritten per image).",
     ),
     StateDoc(
@@ -134,7 +134,8 @@ STATES: tuple[StateDoc, ...] = (
     StateDoc(
         name="Stopped",
         may_hold_cordon=False,
-        doing="The process received SIGTERM/SIGINT and handed the node back.",
+        doing="The process received SIGTERM, SIGINT or SIGHUP and handed the node back (SIGUSR1 and "
+              "SIGUSR2 are ignored).",
         takes="final",
         cordoned="no",
         if_killed="Already stopped.",

@@ -6,13 +6,14 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from fsm_cleaner import disk
-from fsm_cleaner.disk import FsStats, du_tree_bytes, fs_stats, tree_bytes, walk_tree_bytes
+from fsm_cleaner.disk import FsStats, du_tree, fs_stats, tree_bytes, walk_tree
 
 HAVE_GNU_DU = (
     shutil.which("du") is not None
@@ -23,9 +24,13 @@ needs_du = pytest.mark.skipif(not HAVE_GNU_DU, reason="GNU du not on PATH: apt-g
 
 
 def _du_or_fail(path: str) -> int:
-    total = du_tree_bytes(path)
-    assert total is not None, "du path unexpectedly fell back"
-    return total
+    tree = du_tree(path)
+    assert tree is not None, "du path unexpectedly fell back"
+    return tree.bytes
+
+
+def walk_tree_bytes(path: str) -> int:
+    return walk_tree(path).bytes
 
 
 # Every counting rule must hold for the public entry point and for both implementations.
@@ -174,11 +179,11 @@ def test_unreadable_dir_is_skipped_but_rest_counted(tmp_path: Path, monkeypatch:
 
     monkeypatch.setattr(disk.os, "scandir", scandir)
 
-    total = walk_tree_bytes(str(tmp_path))
+    tree = walk_tree(str(tmp_path))
 
-    # Like du: the unreadable dir's own blocks count, its contents cannot.
+    # Like du: the unreadable dir's own blocks count, its contents cannot, and it is counted as denied.
     expected = sum(blocks(p) for p in (tmp_path, tmp_path / "ok", keep, tmp_path / "locked"))
-    assert total == expected
+    assert tree == disk.Tree(expected, unreadable=1)
 
 
 def _write_exe(path: Path, script: str) -> None:
@@ -204,12 +209,12 @@ def test_falls_back_when_du_missing_or_unusable(tmp_path: Path, monkeypatch: pyt
     bindir.mkdir()
 
     monkeypatch.setenv("PATH", str(bindir))  # no du at all
-    assert du_tree_bytes(str(tree)) is None
+    assert du_tree(str(tree)) is None
     assert tree_bytes(str(tree)) == expected
 
     # A du that rejects -B1 (busybox-style usage error) must not be trusted either.
     _write_exe(bindir / "du", '#!/bin/sh\necho "du: invalid option -- B" >&2\nexit 1\n')
-    assert du_tree_bytes(str(tree)) is None
+    assert du_tree(str(tree)) is None
     assert tree_bytes(str(tree)) == expected
 
 
@@ -302,3 +307,111 @@ def test_fs_without_inode_table_reads_as_blocks_only(tmpfs_mount: Path) -> None:
     assert stats.total_inodes == 0
     assert stats.inode_percent is None
     assert stats.percent == stats.block_percent == pytest.approx(25.0)
+
+
+# --- A reader without DAC_READ_SEARCH (issue 9, item 14) -------------------------------------------
+# The DaemonSet runs as root with every capability dropped: root still reads what root owns, but not a
+# 0700 directory of another owner (a user's home in an image layer). Absolute mode used to count 1 MiB
+# of 51 MiB that way and say "nothing to do". The reader here is a subprocess without capabilities.
+
+REPO = Path(__file__).resolve().parent.parent
+MiB = 1 << 20
+
+
+def test_a_count_that_missed_a_little_is_a_warning_saying_how_much() -> None:
+    message = disk.unreadable_warning("/var/lib/docker", disk.Tree(40 << 30, unreadable=3), 41 << 30)
+    assert "3 directories could not be read" in message
+    assert "40.0 GiB counted may be short by up to 1.0 GiB" in message
+    assert "CAP_DAC_READ_SEARCH (deploy/README.md)" in message
+
+
+@pytest.mark.parametrize("counted, used", [(1 * MiB, 51 * MiB), (0, 4096), (10 * MiB, 20 * MiB + 1)])
+def test_a_count_that_may_have_missed_most_of_the_tree_is_an_error(counted: int, used: int) -> None:
+    with pytest.raises(disk.UnreadableTree, match=r"mostly unreadable .*CAP_DAC_READ_SEARCH \(deploy/README"):
+        disk.unreadable_warning("/var/lib/docker", disk.Tree(counted, unreadable=1), used)
+
+
+@pytest.fixture
+def own_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 64 MiB tmpfs: its used bytes are the tree's, as for a dedicated Docker disk."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs and changing owners need root")
+    mnt = tmp_path / "docker"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def _layers(root: Path, readable_mib: int, locked_mib: int) -> None:
+    """A readable layer, and a 0700 directory owned by nobody (65534) holding ``locked_mib``."""
+    write(root / "overlay2" / "a" / "diff" / "usr" / "lib.so", readable_mib * MiB)
+    locked = root / "overlay2" / "b" / "diff" / "home" / "jovyan"
+    write(locked / ".cache" / "pip.tar", locked_mib * MiB)
+    for path in (locked, locked / ".cache", locked / ".cache" / "pip.tar"):
+        os.chown(path, 65534, 65534)
+        path.chmod(0o700)
+
+
+def _without_capabilities(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` as root without any capability, as the DaemonSet's container runs the agent."""
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "setpriv not found: apt-get install util-linux"
+    return subprocess.run([setpriv, "--bounding-set=-all", "--inh-caps=-all", "--", *argv],
+                          capture_output=True, text=True, timeout=120, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+
+
+_COUNT = """
+import logging, sys
+from fsm_cleaner import disk
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+try:
+    print(disk.tree_bytes(sys.argv[1]))
+except disk.UnreadableTree as e:
+    print("UnreadableTree:", e)
+"""
+
+
+@pytest.mark.parametrize("how", ["du", "python-walk"])
+def test_a_reader_without_dac_read_search_warns_how_much_it_could_not_read(
+        own_fs: Path, tmp_path: Path, how: str) -> None:
+    _layers(own_fs, readable_mib=20, locked_mib=1)
+    env = {"PATH": str(tmp_path)} if how == "python-walk" else None  # no du on PATH: the fallback
+    run = _without_capabilities(sys.executable, "-c", _COUNT, str(own_fs), env=env)
+    assert run.returncode == 0, run.stderr
+    counted = int(run.stdout)
+    assert 20 * MiB <= counted < 21 * MiB  # the readable layer; the locked MiB is not in it
+    assert "WARNING" in run.stderr and "1 directories could not be read (permission denied)" in run.stderr
+    assert "may be short by up to 1.0 MiB" in run.stderr and "CAP_DAC_READ_SEARCH" in run.stderr
+    # With the capability (the test process: root with every capability) all is read, silently.
+    full = subprocess.run([sys.executable, "-c", _COUNT, str(own_fs)], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+    assert int(full.stdout) >= counted + MiB and full.stderr == ""
+
+
+@pytest.mark.parametrize("how", ["du", "python-walk"])
+def test_a_reader_without_dac_read_search_refuses_a_mostly_unreadable_count(
+        own_fs: Path, tmp_path: Path, how: str) -> None:
+    _layers(own_fs, readable_mib=1, locked_mib=50)  # the issue's 1 MiB of 51 MiB
+    env = {"PATH": str(tmp_path)} if how == "python-walk" else None
+    run = _without_capabilities(sys.executable, "-c", _COUNT, str(own_fs), env=env)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith(f"UnreadableTree: {own_fs} is mostly unreadable (1 directories denied, ")
+    assert "counted of 51." in run.stdout and "CAP_DAC_READ_SEARCH (deploy/README.md)" in run.stdout
+
+
+def test_the_agent_without_dac_read_search_fails_measuring_instead_of_saying_nothing_to_do(
+        own_fs: Path, tmp_path: Path) -> None:
+    _layers(own_fs, readable_mib=1, locked_mib=50)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FSM_CLEANER_", "DOCKER_IMAGE_CLEANER_"))}
+    env.pop("KUBECONFIG", None)
+    env.update(FSM_CLEANER_PATH_TO_CHECK=str(own_fs), FSM_CLEANER_THRESHOLD_TYPE="absolute",
+               FSM_CLEANER_THRESHOLD_HIGH="40Mi", FSM_CLEANER_HEARTBEAT_FILE=str(tmp_path / "heartbeat"),
+               DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock")
+    run = _without_capabilities(sys.executable, "-m", "fsm_cleaner", "run", "--once", env=env)
+    assert run.returncode == 1, run.stderr
+    assert "Measuring failed: UnreadableTree: " in run.stderr and "CAP_DAC_READ_SEARCH" in run.stderr
+    assert "nothing to do" not in run.stderr

@@ -14,7 +14,7 @@ from fsm_cleaner.runtime import Image
 class _Gone:
     """A Docker API client whose image was removed by someone else meanwhile."""
 
-    def remove_image(self, ref: str) -> None:
+    def remove_image(self, ref: str, force: bool = False) -> None:
         raise docker.errors.NotFound(f"No such image: {ref}")
 
 
