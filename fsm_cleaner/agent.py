@@ -12,7 +12,8 @@ from typing import Any, TypeVar
 
 from transitions import MachineError
 
-from . import machine, plan, step
+from . import blocking, machine, plan, step
+from .blocking import Pod, Pods
 from .clock import Clock
 from .config import Config, ConfigError
 from .heartbeat import Heartbeat
@@ -26,16 +27,21 @@ from .usage import Disk, Meter
 
 log = logging.getLogger("fsm_cleaner")
 T = TypeVar("T")
+# The usage (in the thresholds' unit) from which blocking pods no longer hold removals back; None: no
+# such level. The cordon budget's CRITICAL_THRESHOLD setting feeds it.
+CRITICAL_LEVEL: float | None = None
 
 
 class Agent:
     def __init__(self, cfg: Config, runtime: Runtime, node: Node, shutdown: Shutdown, clock: Clock,
-                 disk: Disk):
+                 disk: Disk, pods: Pods):
         self.cfg = cfg
         self.runtime = runtime
         self.node = node
         self.shutdown = shutdown
         self.clock = clock
+        self.pods = pods
+        self.blocking_pods: list[Pod] = []  # listed in PruningContainers, each cycle
         self.report = Report(cfg, clock)
         self.meter = Meter(cfg, shutdown, self.report, disk)
         self.heartbeat = Heartbeat(cfg.heartbeat_file)
@@ -53,6 +59,9 @@ class Agent:
 
     def dangling_freed_enough(self, _: Any = None) -> bool:
         return self.cycle.dangling_found and plan.clean_enough(self.cycle.usage, self.cfg)
+
+    def removals_blocked(self, _: Any = None) -> bool:
+        return blocking.removals_blocked(self.blocking_pods, self.cycle.usage, CRITICAL_LEVEL)
 
     def owes_uncordon(self, _: Any = None) -> bool:
         return self.node.handback_pending
@@ -80,6 +89,17 @@ class Agent:
         self.node.journal("PruningContainers")
         found = self._runtime("PruningContainers", self.runtime.prune_containers)
         self.report.tally(found, f"{found.count} stopped containers", containers=True)
+        self.blocking_pods = blocking.active(self._runtime("PruningContainers", self.pods.list))
+        if self.removals_blocked():
+            message = blocking.waiting(self.blocking_pods, self.pods.selector)
+            log.warning("%s", message)
+            self.node.notice("RemovalsDeferred", f"fsm-cleaner {message}")
+        elif self.blocking_pods:
+            message = (f"{blocking.named(self.blocking_pods)} (selector {self.pods.selector}) on this "
+                       f"node, but usage {describe(self.cycle.usage, self.cfg)} is at the critical level: "
+                       "removing anyway")
+            log.warning("%s", message)
+            self.node.notice("CriticalUsage", f"fsm-cleaner {message}")
 
     def on_enter_PruningDangling(self, _: Any) -> None:
         self.node.journal("PruningDangling")

@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from . import selector
+
 NEW_PREFIX = "FSM_CLEANER_"
 OLD_PREFIX = "DOCKER_IMAGE_CLEANER_"
 
@@ -59,6 +61,9 @@ SETTINGS: tuple[Setting, ...] = (
     # retention and build cache (issues 9 and 10)
     Setting("MIN_AGE", "30m", "images and build cache younger than this stay (seconds, or 90s, 30m, 2h, 1d)",
             False),
+    # blocking pods (issue 11)
+    Setting("BLOCKING_POD_SELECTOR", None, "label selector of pods while which (on this node) images, "
+            "dangling images and build cache stay, e.g. component=binderhub-build; unset: none", False),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -85,6 +90,8 @@ class Config:
     dry_run: bool
     log_level: str
     min_age_seconds: float
+    # blocking pods (issue 11)
+    blocking_pod_selector: str | None
 
     @property
     def unit(self) -> str:
@@ -179,6 +186,16 @@ def _duration(var: str, raw: str) -> float:
     return value
 
 
+def _label_selector(var: str, raw: str) -> str | None:
+    try:
+        selector.parse(raw)
+    except selector.SelectorError as e:
+        raise ConfigError(f"{var}={raw!r} is not a label selector: {e}; accepted: a Kubernetes label "
+                          "selector such as component=binderhub-build, 'app in (build,push)', '!ci' or "
+                          "tier!=web (requirements separated by commas, all must hold)") from None
+    return raw.strip() or None
+
+
 def _bool(var: str, raw: str) -> bool:
     low = raw.strip().lower()
     if low in ("1", "true", "yes", "on"):
@@ -263,8 +280,14 @@ def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
             f"{stop_timeout - STOP_ROOM_SECONDS:g}), or a larger STOP_TIMEOUT_SECONDS with the pod's "
             "terminationGracePeriodSeconds above it"
         )
+    node_name = get("NODE_NAME", _node_name)
+    blocking_pod_selector = get("BLOCKING_POD_SELECTOR", _label_selector)
+    if blocking_pod_selector and node_name is None:
+        var, raw = _lookup("BLOCKING_POD_SELECTOR", env, overrides)
+        raise ConfigError(f"{var}={raw!r} needs NODE_NAME: the blocking pods are looked up on that node; "
+                          "accepted: BLOCKING_POD_SELECTOR with NODE_NAME set, or unset")
     return Config(
-        node_name=get("NODE_NAME", _node_name),
+        node_name=node_name,
         path_to_check=path,
         interval_seconds=get("INTERVAL_SECONDS", lambda v, r: _number(v, r, minimum=1)),
         delay_seconds=get("DELAY_SECONDS", _number),
@@ -285,4 +308,5 @@ def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         dry_run=get("DRY_RUN", _bool),
         min_age_seconds=get("MIN_AGE", _duration),
         log_level=get("LOG_LEVEL", lambda v, r: _choice(v, r, ("debug", "info", "warning", "error"))).upper(),
+        blocking_pod_selector=blocking_pod_selector,
     )
