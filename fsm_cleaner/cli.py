@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -10,6 +11,7 @@ import stat
 import sys
 import time
 import unicodedata
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Protocol
 
@@ -17,8 +19,6 @@ from . import config
 from .config import SETTINGS, ConfigError
 
 if TYPE_CHECKING:  # the Kubernetes client is imported only when a node name is set
-    from kubernetes.client import CoreV1Api
-
     from .agent import Agent
     from .blocking import PodApi, Pods
     from .clock import Clock
@@ -76,14 +76,14 @@ def _logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _connect(needs: str) -> CoreV1Api:
-    """The API client; ConfigError when no credentials load (``needs``: who needs them, for the message)."""
+@contextlib.contextmanager
+def _credentials(needs: str) -> Iterator[None]:
+    """A failure to load Kubernetes credentials, as a ConfigError (``needs``: who needs them)."""
     import yaml
     from kubernetes.config import ConfigException
 
-    from .kube import connect
     try:
-        return connect()
+        yield
     except (ConfigException, OSError, yaml.YAMLError, ValueError, TypeError, KeyError, AttributeError) as e:
         # Loading credentials touches no network: any failure here is the kubeconfig's content or its
         # absence (the client reports malformed YAML as YAMLError, the wrong shape as TypeError...).
@@ -99,9 +99,10 @@ def _connect(needs: str) -> CoreV1Api:
 def _kube(node_name: str | None, namespace: str = "default") -> Kube | None:
     if node_name is None:
         return None
-    from .kube import Kube
+    from .kube import Kube, connect
 
-    return Kube(_connect(f"NODE_NAME={node_name!r} is set"), node_name, namespace)
+    with _credentials(f"NODE_NAME={node_name!r} is set"):
+        return Kube(connect(), node_name, namespace)
 
 
 def build_agent(cfg: config.Config, runtime: Runtime, kube: ClusterApi | None, *,
@@ -202,10 +203,11 @@ def _status_all(args: argparse.Namespace) -> int:
     from kubernetes.client.exceptions import ApiException
 
     from . import fleet
-    from .kube import Cluster
+    from .kube import Cluster, connect
     from .retry import short_error
 
-    cluster = Cluster(_connect("`fsm-cleaner status --all` reads every node"))
+    with _credentials("`fsm-cleaner status --all` reads every node"):
+        cluster = Cluster(connect())
     try:
         nodes = cluster.nodes()
     except (ApiException, urllib3.exceptions.HTTPError) as e:
