@@ -41,7 +41,7 @@ class Agent:
         self.shutdown = shutdown
         self.clock = clock
         self.pods = pods
-        self.blocking_pods: list[Pod] = []  # listed in PruningContainers, each cycle
+        self.blocking_pods: list[Pod] = []  # the selected pods on the node, listed in PruningContainers
         self.report = Report(cfg, clock)
         self.meter = Meter(cfg, shutdown, self.report, disk)
         self.heartbeat = Heartbeat(cfg.heartbeat_file)
@@ -89,17 +89,12 @@ class Agent:
         self.node.journal("PruningContainers")
         found = self._runtime("PruningContainers", self.runtime.prune_containers)
         self.report.tally(found, f"{found.count} stopped containers", containers=True)
-        self.blocking_pods = blocking.active(self._runtime("PruningContainers", self.pods.list))
-        if self.removals_blocked():
-            message = blocking.waiting(self.blocking_pods, self.pods.selector)
-            log.warning("%s", message)
-            self.node.notice("RemovalsDeferred", f"fsm-cleaner {message}")
-        elif self.blocking_pods:
-            message = (f"{blocking.named(self.blocking_pods)} (selector {self.pods.selector}) on this "
-                       f"node, but usage {describe(self.cycle.usage, self.cfg)} is at the critical level: "
-                       "removing anyway")
-            log.warning("%s", message)
-            self.node.notice("CriticalUsage", f"fsm-cleaner {message}")
+        self.blocking_pods = self._runtime("PruningContainers", self.pods.list)
+        said = blocking.notice(self.blocking_pods, self.pods.selector, self.removals_blocked(),
+                               describe(self.cycle.usage, self.cfg))
+        if said:
+            log.warning("%s", said[1])
+            self.node.notice(said[0], f"fsm-cleaner {said[1]}")
 
     def on_enter_PruningDangling(self, _: Any) -> None:
         self.node.journal("PruningDangling")

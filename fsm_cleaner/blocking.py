@@ -53,6 +53,18 @@ def waiting(pods: Sequence[Pod], selector: str) -> str:
             "images and build cache stay until the next tick")
 
 
+def notice(pods: Sequence[Pod], selector: str, blocked: bool, usage: str) -> tuple[str, str] | None:
+    """The Event reason and log line of a cycle that found ``pods`` running: waiting for them, or, at the
+    critical level (``blocked`` False; ``usage`` as the log shows it), removing anyway. None: none ran."""
+    running = active(pods)
+    if not running:
+        return None
+    if blocked:
+        return "RemovalsDeferred", waiting(running, selector)
+    return "CriticalUsage", (f"{named(running)} (selector {selector}) on this node, but usage {usage} is at "
+                             "the critical level: removing anyway")
+
+
 class PodApi(Protocol):
     """What the listing needs of the Kubernetes API (kube.Kube; devtools.fakes.FakeNodeApi)."""
 

@@ -11,7 +11,7 @@ from kubernetes import config as kubeconfig
 
 from devtools.fakekube import ApiError, FakeKube, parse_label_selector
 from fsm_cleaner import config, selector
-from fsm_cleaner.blocking import Pod, removals_blocked, waiting
+from fsm_cleaner.blocking import Pod, notice, removals_blocked, waiting
 from fsm_cleaner.kube import Kube, PodsForbidden
 
 RUNNING, PENDING = Pod("binder", "build-a", "Running"), Pod("binder", "build-b", "Pending")
@@ -121,3 +121,15 @@ def test_pods_list_forbidden_names_the_rbac_component(fake: tuple[FakeKube, Kube
     fk.fail("GET", r"^/api/v1/pods$", status=403)
     with pytest.raises(PodsForbidden, match="deploy/components/blocking-pods"):
         kube.pods_on_node("app=build")
+
+
+@pytest.mark.parametrize("pods, blocked, said", [
+    ([], False, None),
+    ([DONE, FAILED], False, None),  # listed, but nothing runs: nothing to say
+    ([RUNNING, DONE], True, ("RemovalsDeferred", "waiting: pod binder/build-a (selector s) runs on this "
+                             "node; images, dangling images and build cache stay until the next tick")),
+    ([RUNNING, PENDING], False, ("CriticalUsage", "pods binder/build-a, binder/build-b (selector s) on this "
+                                 "node, but usage 97.0% is at the critical level: removing anyway")),
+])
+def test_what_the_log_and_the_event_say(pods: list[Pod], blocked: bool, said: tuple[str, str] | None) -> None:
+    assert notice(pods, "s", blocked, "97.0%") == said
