@@ -4,7 +4,9 @@ The real ``kubernetes`` Python client talks to it over HTTP on 127.0.0.1, so tes
 client's actual wire behaviour (content types, status codes, exception classes) instead of mocks.
 Only what the fsm-cleaner agent and its tests use is served (``FakeKube.ROUTES``): a node's GET and
 PATCH (merge, strategic-merge and JSON patch, resourceVersion preconditions), the node list (for
-``kubectl get nodes``), core/v1 Event creation, and the discovery documents kubectl reads first.
+``kubectl get nodes`` and ``fsm-cleaner status --all``), pod lists in all namespaces or one with label
+and field selectors (pods are added, re-phased and deleted with ``add_pod``, ``set_pod_phase`` and
+``delete_pod``), core/v1 Event creation, and the discovery documents kubectl reads first.
 Faults (5xx, delays, dropped connections) are injected with ``fail``; tests act around requests
 with the ``on_request`` and ``before_reply`` hooks; every request is logged in ``requests``.
 
@@ -516,6 +518,116 @@ def node_errors(node: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Label and field selectors (apimachinery's labels.Parse and fields.ParseSelector), for pod lists
+# ---------------------------------------------------------------------------------------------
+
+_WORD = r"[^\s=!(),<>]+"
+_SET_TERM = re.compile(rf"^({_WORD})\s+(in|notin)\s*\((.*)\)$", re.S)
+_VALUE_TERM = re.compile(rf"^({_WORD})\s*(==|!=|=|>|<)\s*({_WORD})?$", re.S)
+_EXISTS_TERM = re.compile(rf"^(!?)\s*({_WORD})$", re.S)
+
+Requirement = tuple[str, str, tuple[str, ...]]  # key, operator ("exists", "!", "=", "!=", "in"...), values
+
+
+def _bad_selector(why: str) -> ApiError:
+    return ApiError(400, f"unable to parse requirement: {why}")
+
+
+def _split_terms(text: str) -> list[str]:
+    """Split on the commas that are not inside parentheses."""
+    terms, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            terms.append(text[start:i])
+            start = i + 1
+    return [*terms, text[start:]]
+
+
+def parse_label_selector(text: str) -> list[Requirement]:
+    """A label selector as the apiserver parses it; ApiError 400 when it cannot."""
+    if not text.strip():
+        return []
+    out: list[Requirement] = []
+    for term in (t.strip() for t in _split_terms(text)):
+        if m := _SET_TERM.match(term):
+            key, op, values = m[1], m[2], tuple(v.strip() for v in m[3].split(","))
+            if values == ("",):
+                raise _bad_selector(f"{term!r}: for 'in', 'notin' operators, values set can't be empty")
+        elif m := _VALUE_TERM.match(term):
+            key, op, values = m[1], "=" if m[2] == "==" else m[2], (m[3] or "",)
+            if op in "<>" and not values[0].isdigit():
+                raise _bad_selector(f"{term!r}: for 'Gt', 'Lt' operators, the value must be an integer")
+        elif m := _EXISTS_TERM.match(term):
+            key, op, values = m[2], "!" if m[1] else "exists", ()
+        else:
+            raise _bad_selector(f"cannot read {term!r}" if term else "found '', expected: identifier")
+        if key in ("in", "notin"):
+            raise _bad_selector(f"found {key!r}, expected: !, identifier, or 'end of string'")
+        errors = _qualified_name_errors(key)
+        if errors:
+            raise _bad_selector(f"key: Invalid value: {key!r}: {errors[0]}")
+        for value in values:
+            if len(value) > 63 or not _LABEL_VALUE.match(value):
+                raise _bad_selector(f"values[0][{key}]: Invalid value: {value!r}: a valid label must be an "
+                                    "empty string or consist of alphanumeric characters, '-', '_' or '.', "
+                                    "and must start and end with an alphanumeric character")
+        out.append((key, op, values))
+    return out
+
+
+def labels_match(requirements: list[Requirement], labels: dict[str, str]) -> bool:
+    def holds(key: str, op: str, values: tuple[str, ...]) -> bool:
+        value = labels.get(key)
+        if op == "exists":
+            return value is not None
+        if op == "!":
+            return value is None
+        if op in ("=", "in"):
+            return value in values
+        if op in ("!=", "notin"):
+            return value not in values
+        if value is None or not re.fullmatch(r"-?[0-9]+", value):
+            return False  # Gt/Lt: a label that is not an integer matches neither
+        return int(value) > int(values[0]) if op == ">" else int(value) < int(values[0])
+
+    return all(holds(*r) for r in requirements)
+
+
+# The pod fields the apiserver lets a field selector name (pkg/registry/core/pod: PodToSelectableFields).
+_POD_FIELDS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "metadata.name": lambda p: p["metadata"]["name"],
+    "metadata.namespace": lambda p: p["metadata"]["namespace"],
+    "spec.nodeName": lambda p: p["spec"].get("nodeName", ""),
+    "spec.restartPolicy": lambda p: p["spec"].get("restartPolicy", ""),
+    "spec.schedulerName": lambda p: p["spec"].get("schedulerName", ""),
+    "spec.serviceAccountName": lambda p: p["spec"].get("serviceAccountName", ""),
+    "spec.hostNetwork": lambda p: "true" if p["spec"].get("hostNetwork") else "false",
+    "status.phase": lambda p: p.get("status", {}).get("phase", ""),
+    "status.podIP": lambda p: p.get("status", {}).get("podIP", ""),
+    "status.nominatedNodeName": lambda p: p.get("status", {}).get("nominatedNodeName", ""),
+}
+
+
+def parse_field_selector(text: str, fields: dict[str, Callable[[dict[str, Any]], str]]) -> list[Requirement]:
+    """``field=value``, ``field==value`` or ``field!=value`` terms, comma-separated."""
+    out: list[Requirement] = []
+    for term in text.split(",") if text.strip() else []:
+        m = re.fullmatch(r"\s*([^=!\s]+)\s*(==|!=|=)(.*)", term)
+        if not m:
+            raise ApiError(400, f"invalid selector: {text!r}; can't understand {term!r}")
+        if m[1] not in fields:
+            raise ApiError(400, f"field label not supported: {m[1]}")
+        out.append((m[1], "=" if m[2] == "==" else m[2], (m[3],)))
+    return out
+
+
+def fields_match(requirements: list[Requirement], obj: dict[str, Any],
+                 fields: dict[str, Callable[[dict[str, Any]], str]]) -> bool:
+    return all((fields[key](obj) == values[0]) == (op == "=") for key, op, values in requirements)
+
+
+# ---------------------------------------------------------------------------------------------
 # HTTP plumbing
 # ---------------------------------------------------------------------------------------------
 
@@ -700,6 +812,7 @@ class FakeKube:
         self.verbose = verbose
         self._lock = threading.RLock()
         self._nodes: dict[str, dict[str, Any]] = {}
+        self._pods: dict[tuple[str, str], dict[str, Any]] = {}  # by (namespace, name)
         self._rv = 0
         self._faults: list[_Fault] = []
         self._on_request: list[Callable[[str, str], None]] = []
@@ -847,6 +960,40 @@ class FakeKube:
         with self._lock:
             del self._nodes[name]
             self._next_rv()  # deletes advance the global revision too
+
+    def add_pod(self, name: str, node: str, *, namespace: str = "default",
+                labels: dict[str, str] | None = None, phase: str = "Running") -> dict[str, Any]:
+        """A pod bound to ``node`` (which need not exist: a pod may outlive its node) in ``phase``."""
+        pod = {
+            "kind": "Pod",
+            "apiVersion": "v1",
+            "metadata": {"name": name, "namespace": namespace, "uid": str(uuid.uuid4()),
+                         "creationTimestamp": _now(), "labels": dict(labels or {})},
+            "spec": {"nodeName": node, "containers": [{"name": "main", "image": "busybox"}],
+                     "restartPolicy": "Never", "schedulerName": "default-scheduler",
+                     "serviceAccountName": "default"},
+            "status": {"phase": phase},
+        }
+        errors = _string_map_errors("metadata.labels", pod["metadata"]["labels"], labels=True)
+        if errors or not _DNS1123_SUBDOMAIN.match(name):
+            raise ValueError(_invalid("Pod", name, errors or [("metadata.name", "Invalid value")]).message)
+        with self._lock:
+            if (namespace, name) in self._pods:
+                raise ValueError(f"pod {namespace}/{name} already exists")
+            pod["metadata"]["resourceVersion"] = self._next_rv()
+            self._pods[namespace, name] = pod
+            return copy.deepcopy(pod)
+
+    def set_pod_phase(self, name: str, phase: str, *, namespace: str = "default") -> None:
+        """As the kubelet reports it: Pending, Running, Succeeded, Failed or Unknown."""
+        with self._lock:
+            self._pods[namespace, name]["status"]["phase"] = phase
+            self._pods[namespace, name]["metadata"]["resourceVersion"] = self._next_rv()
+
+    def delete_pod(self, name: str, *, namespace: str = "default") -> None:
+        with self._lock:
+            del self._pods[namespace, name]
+            self._next_rv()
 
     def mutate(self, name: str, fn: Callable[[dict[str, Any]], dict[str, Any] | None]) -> dict[str, Any]:
         """Apply ``fn`` to a copy of the node (in place, or return a replacement) and store it
@@ -1061,6 +1208,17 @@ class FakeKube:
         self._nodes[name] = new
         return copy.deepcopy(new)
 
+    # -- pods -----------------------------------------------------------------------------------
+
+    def _list_pods(self, call: Call, namespace: str | None = None) -> tuple[int, Any]:
+        labels = parse_label_selector(call.query.get("labelSelector", ""))
+        fields = parse_field_selector(call.query.get("fieldSelector", ""), _POD_FIELDS)
+        items = [copy.deepcopy(p) for key, p in sorted(self._pods.items())
+                 if namespace in (None, key[0]) and labels_match(labels, p["metadata"].get("labels", {}))
+                 and fields_match(fields, p, _POD_FIELDS)]
+        return 200, {"kind": "PodList", "apiVersion": "v1",
+                     "metadata": {"resourceVersion": str(self._rv)}, "items": items}
+
     # -- events ---------------------------------------------------------------------------------
 
     def _create_event(self, call: Call, namespace: str) -> tuple[int, Any]:
@@ -1106,6 +1264,8 @@ class FakeKube:
         ("GET", _NODE_PATH, _read_node),
         ("PATCH", _NODE_PATH, _patch_node),
         ("POST", re.compile(r"^/api/v1/namespaces/(?P<namespace>[^/]+)/events$"), _create_event),
+        ("GET", re.compile(r"^/api/v1/pods$"), _list_pods),
+        ("GET", re.compile(r"^/api/v1/namespaces/(?P<namespace>[^/]+)/pods$"), _list_pods),
     ]
 
 
@@ -1138,6 +1298,8 @@ RESOURCES: dict[str, list[dict[str, Any]]] = {
          "verbs": ["get", "list", "patch"], "shortNames": ["no"]},
         {"name": "events", "singularName": "event", "namespaced": True, "kind": "Event",
          "verbs": ["create"], "shortNames": ["ev"]},
+        {"name": "pods", "singularName": "pod", "namespaced": True, "kind": "Pod",
+         "verbs": ["list"], "shortNames": ["po"]},
     ],
 }
 

@@ -2,7 +2,8 @@
 dockerd, a cluster or sleeping: a container runtime, the disk it fills, a clock and the node API.
 
 ``FakeNodeApi`` speaks as kube.Kube does (NodeView in, Patch out, a resourceVersion precondition that
-answers 409, NodeGone for 404), so the real node writer and journal decisions run against it.
+answers 409, NodeGone for 404; the pods on the node that a label selector names, matched as the fake
+API server matches them), so the real node writer and journal decisions run against it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field
 
 from kubernetes.client.exceptions import ApiException
 
+from devtools.fakekube import labels_match, parse_label_selector
+from fsm_cleaner.blocking import Pod
 from fsm_cleaner.disk import FsStats
 from fsm_cleaner.journal import NodeView, Patch
 from fsm_cleaner.kube import NodeGone
@@ -178,6 +181,15 @@ class FakeDisk:
         return self.used()
 
 
+@dataclass
+class FakePod:
+    name: str
+    node: str
+    labels: dict[str, str]
+    phase: str = "Running"
+    namespace: str = "default"
+
+
 class FakeNodeApi:
     """One node in memory, with the API's answers: 409 on a stale resourceVersion, NodeGone for 404."""
 
@@ -191,6 +203,7 @@ class FakeNodeApi:
         self.faults = Faults()
         self.patches: list[Patch] = []
         self.events: list[tuple[str, str, bool]] = []
+        self.pods: list[FakePod] = []  # on any node: the listing keeps this node's
 
     def view(self) -> NodeView:
         return NodeView(self.node_name, str(self.resource_version), self.unschedulable,
@@ -226,3 +239,9 @@ class FakeNodeApi:
               timeout: tuple[float, float] = (2, 5)) -> None:
         self.faults("event")
         self.events.append((reason, message, warning))
+
+    def pods_on_node(self, selector: str, timeout: tuple[float, float]) -> list[Pod]:
+        self.faults("pods_on_node")
+        requirements = parse_label_selector(selector)
+        return [Pod(p.namespace, p.name, p.phase) for p in self.pods
+                if p.node == self.node_name and labels_match(requirements, p.labels)]

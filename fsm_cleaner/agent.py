@@ -12,7 +12,8 @@ from typing import Any, TypeVar
 
 from transitions import MachineError
 
-from . import machine, metrics, plan, step
+from . import blocking, machine, metrics, plan, step
+from .blocking import Pod, Pods
 from .clock import Clock
 from .config import Config, ConfigError
 from .heartbeat import Heartbeat
@@ -26,16 +27,21 @@ from .usage import Disk, Meter
 
 log = logging.getLogger("fsm_cleaner")
 T = TypeVar("T")
+# The usage (in the thresholds' unit) from which blocking pods no longer hold removals back; None: no
+# such level. The cordon budget's CRITICAL_THRESHOLD setting feeds it.
+CRITICAL_LEVEL: float | None = None
 
 
 class Agent:
     def __init__(self, cfg: Config, runtime: Runtime, node: Node, shutdown: Shutdown, clock: Clock,
-                 disk: Disk):
+                 disk: Disk, pods: Pods):
         self.cfg = cfg
         self.runtime = runtime
         self.node = node
         self.shutdown = shutdown
         self.clock = clock
+        self.pods = pods
+        self.blocking_pods: list[Pod] = []  # the selected pods on the node, listed in PruningContainers
         self.report = Report(cfg, clock)
         self.meter = Meter(cfg, shutdown, self.report, disk)
         self.heartbeat = Heartbeat(cfg.heartbeat_file)
@@ -53,6 +59,9 @@ class Agent:
 
     def dangling_freed_enough(self, _: Any = None) -> bool:
         return self.cycle.dangling_found and plan.clean_enough(self.cycle.usage, self.cfg)
+
+    def removals_blocked(self, _: Any = None) -> bool:
+        return blocking.removals_blocked(self.blocking_pods, self.cycle.usage, CRITICAL_LEVEL)
 
     def owes_uncordon(self, _: Any = None) -> bool:
         return self.node.handback_pending
@@ -80,6 +89,12 @@ class Agent:
         self.node.journal("PruningContainers")
         found = self._runtime("PruningContainers", self.runtime.prune_containers)
         self.report.tally(found, f"{found.count} stopped containers", "container", "stopped")
+        self.blocking_pods = self._runtime("PruningContainers", self.pods.list)
+        said = blocking.notice(self.blocking_pods, self.pods.selector, self.removals_blocked(),
+                               describe(self.cycle.usage, self.cfg))
+        if said:
+            log.warning("%s", said[1])
+            self.node.notice(said[0], f"fsm-cleaner {said[1]}")
 
     def on_enter_PruningDangling(self, _: Any) -> None:
         self.node.journal("PruningDangling")

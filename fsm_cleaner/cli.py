@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -10,22 +11,28 @@ import stat
 import sys
 import time
 import unicodedata
+from collections.abc import Iterator
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from . import config
 from .config import SETTINGS, ConfigError
 
 if TYPE_CHECKING:  # the Kubernetes client is imported only when a node name is set
     from .agent import Agent
+    from .blocking import PodApi, Pods
     from .clock import Clock
     from .kube import Kube
     from .node import Node, NodeApi
     from .runtime import Runtime
     from .usage import Disk
 
+    class ClusterApi(NodeApi, PodApi, Protocol):
+        """What the agent needs of the API: its node, and the pods on it."""
+
 log = logging.getLogger("fsm_cleaner")
 EXIT_CONFIG = 2
+EXIT_HELD_TOO_LONG = 3  # status --all: a node cordoned by fsm-cleaner for longer than --max-cordoned-for
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,8 +51,14 @@ def _parser() -> argparse.ArgumentParser:
         if s.name != "DRY_RUN":
             run.add_argument("--" + s.name.lower().replace("_", "-"), dest=s.name, metavar="VALUE",
                              help=f"{s.help} (env {' or '.join(s.env_names)}; default {s.default})")
-    status = sub.add_parser("status", help="print the node's journal")
+    status = sub.add_parser("status", help="print the node's journal; --all: every node's, a line each")
     status.add_argument("--node-name", dest="NODE_NAME", metavar="NODE")
+    status.add_argument("--all", action="store_true",
+                        help="a line per node of the cluster; exit 3 when fsm-cleaner has held a node "
+                             "cordoned for longer than --max-cordoned-for")
+    status.add_argument("--max-cordoned-for", metavar="DURATION", default="1h",
+                        help="with --all: the longest cordon that is normal, seconds or a duration such as "
+                             "30m, 2h (default: %(default)s)")
     status.add_argument("--diagram", metavar="FILE",
                         help="also render the machine with the current state highlighted")
     diagrams = sub.add_parser("diagrams", help="render state_diagrams/ (SVG, PNG, Mermaid, RUNBOOK.md)")
@@ -63,34 +76,43 @@ def _logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _kube(node_name: str | None, namespace: str = "default") -> Kube | None:
-    if node_name is None:
-        return None
+@contextlib.contextmanager
+def _credentials(needs: str) -> Iterator[None]:
+    """A failure to load Kubernetes credentials, as a ConfigError (``needs``: who needs them)."""
     import yaml
     from kubernetes.config import ConfigException
 
-    from .kube import Kube, connect
     try:
-        api = connect()
+        yield
     except (ConfigException, OSError, yaml.YAMLError, ValueError, TypeError, KeyError, AttributeError) as e:
         # Loading credentials touches no network: any failure here is the kubeconfig's content or its
         # absence (the client reports malformed YAML as YAMLError, the wrong shape as TypeError...).
         where = os.environ.get("KUBECONFIG") or "~/.kube/config"
         reason = (str(e).splitlines() or [""])[0][:200]
         raise ConfigError(
-            f"NODE_NAME={node_name!r} is set but no Kubernetes credentials could be loaded: not in a pod "
+            f"{needs} but no Kubernetes credentials could be loaded: not in a pod "
             f"with a service account, and kubeconfig {where!r} is unusable ({type(e).__name__}: {reason}); "
             "accepted: a service account, or KUBECONFIG naming a readable kubeconfig file"
         ) from None
-    return Kube(api, node_name, namespace)
 
 
-def build_agent(cfg: config.Config, runtime: Runtime, kube: NodeApi | None, *,
+def _kube(node_name: str | None, namespace: str = "default") -> Kube | None:
+    if node_name is None:
+        return None
+    from .kube import Kube, connect
+
+    with _credentials(f"NODE_NAME={node_name!r} is set"):
+        return Kube(connect(), node_name, namespace)
+
+
+def build_agent(cfg: config.Config, runtime: Runtime, kube: ClusterApi | None, *,
                 clock: Clock | None = None, disk: Disk | None = None) -> Agent:
     """Choose, once, what the agent talks to: a runtime that prunes or one that only lists (dry run),
-    a node that is written to or a stand-in that says why nothing is."""
+    a node that is written to or a stand-in that says why nothing is, pods listed or none."""
     from .agent import Agent
+    from .blocking import NoSelector, PodsOnNode
     from .clock import RealClock
+    from .kube import CONNECT_TIMEOUT
     from .node import DryRunNode, NoCluster, NodeWriter
     from .runtime import DryRun
     from .shutdown import Shutdown
@@ -98,11 +120,16 @@ def build_agent(cfg: config.Config, runtime: Runtime, kube: NodeApi | None, *,
     clock = clock or RealClock()
     shutdown = Shutdown(cfg.stop_timeout_seconds, clock)
     node: Node = NoCluster("dry run" if cfg.dry_run else "no cluster")
+    pods: Pods = NoSelector()
     if kube is not None:
         node = DryRunNode(kube, cfg, shutdown) if cfg.dry_run else NodeWriter(kube, cfg, shutdown)
+        if cfg.blocking_pod_selector:  # a read: a dry run lists them too, and says it would wait
+            pods = PodsOnNode(kube, cfg.blocking_pod_selector,
+                              lambda: (CONNECT_TIMEOUT, cfg.api_timeout_seconds))
     from . import disk as real_disk
 
-    return Agent(cfg, DryRun(runtime) if cfg.dry_run else runtime, node, shutdown, clock, disk or real_disk)
+    return Agent(cfg, DryRun(runtime) if cfg.dry_run else runtime, node, shutdown, clock, disk or real_disk,
+                 pods)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -131,6 +158,8 @@ def _host_port(address: str, port: int) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.all:
+        return _status_all(args)
     kube = _kube(config.one("NODE_NAME", NODE_NAME=args.NODE_NAME))
     if kube is None:
         raise ConfigError("NODE_NAME is not set; accepted: --node-name NODE or FSM_CLEANER_NODE_NAME")
@@ -172,6 +201,52 @@ def cmd_status(args: argparse.Namespace) -> int:
         render_highlighted(state, args.diagram)
         print(f"diagram:      {args.diagram}")
     return 0
+
+
+def _status_all(args: argparse.Namespace) -> int:
+    if args.diagram:
+        raise ConfigError(f"--diagram={args.diagram!r} with --all; accepted: --diagram for one node "
+                          "(--node-name), where it highlights that node's state")
+    limit = config._duration("--max-cordoned-for", args.max_cordoned_for)
+    import urllib3.exceptions
+    from kubernetes.client.exceptions import ApiException
+
+    from . import fleet
+    from .kube import Cluster, connect
+    from .retry import short_error
+
+    with _credentials("`fsm-cleaner status --all` reads every node"):
+        cluster = Cluster(connect())
+    try:
+        nodes = cluster.nodes()
+    except (ApiException, urllib3.exceptions.HTTPError) as e:
+        hint = (" (the service account needs nodes list: deploy/base/rbac.yaml)"
+                if isinstance(e, ApiException) and e.status == 403 else "")
+        print(f"fsm-cleaner: cannot list the nodes: {short_error(e)}{hint}", file=sys.stderr)
+        return 1
+    now = datetime.now(timezone.utc)
+    lines = sorted((fleet.line(n, now) for n in nodes), key=lambda x: x.node)
+    with_result = any(x.last_result is not None for x in lines)
+
+    def shown(value: object) -> str:
+        return "-" if value is None else _printable(value)
+
+    rows = [["NODE", "STATE", "SINCE", "CORDONED", "SLOT"] + (["LAST RESULT"] if with_result else [])]
+    for x in lines:
+        since = "-" if x.since is None else shown(x.since) + (
+            f" ({fleet.duration(x.age)} ago)" if x.age is not None else "")
+        rows.append([x.node, shown(x.state), since, x.cordoned, shown(x.slot)]
+                    + ([shown(x.last_result)] if with_result else []))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+    over = fleet.held_too_long(lines, limit)
+    for x in over:
+        held = "an unknown time" if x.held_for == float("inf") else fleet.duration(x.held_for or 0)
+        print(f"fsm-cleaner: {x.node} has been cordoned by fsm-cleaner for {held} ({shown(x.state)} since "
+              f"{shown(x.since)}), longer than --max-cordoned-for {args.max_cordoned_for}: see the runbook, "
+              "\"The node has been cordoned for an hour\"", file=sys.stderr)
+    return EXIT_HELD_TOO_LONG if over else 0
 
 
 def _printable(value: object) -> str:

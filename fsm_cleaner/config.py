@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from . import selector
+
 NEW_PREFIX = "FSM_CLEANER_"
 OLD_PREFIX = "DOCKER_IMAGE_CLEANER_"
 
@@ -64,6 +66,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("METRICS_PORT", None, "serve Prometheus metrics on this port at /metrics; unset, empty or 0: off",
             False),
     Setting("METRICS_ADDRESS", "0.0.0.0", "address the metrics endpoint listens on (:: for IPv6)", False),
+    # blocking pods (issue 11)
+    Setting("BLOCKING_POD_SELECTOR", None, "label selector of pods while which (on this node) images, "
+            "dangling images and build cache stay, e.g. component=binderhub-build; unset: none", False),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -93,6 +98,8 @@ class Config:
     # metrics
     metrics_port: int | None  # None: no endpoint
     metrics_address: str
+    # blocking pods (issue 11)
+    blocking_pod_selector: str | None
 
     @property
     def unit(self) -> str:
@@ -205,6 +212,14 @@ def _address(var: str, raw: str) -> str:
     except ValueError:
         raise ConfigError(f"{var}={raw!r} is not an IP address; accepted: an IPv4 or IPv6 address, e.g. "
                           "0.0.0.0 (every IPv4 interface), :: (every interface) or 127.0.0.1") from None
+def _label_selector(var: str, raw: str) -> str | None:
+    try:
+        selector.parse(raw)
+    except selector.SelectorError as e:
+        raise ConfigError(f"{var}={raw!r} is not a label selector: {e}; accepted: a Kubernetes label "
+                          "selector such as component=binderhub-build, 'app in (build,push)', '!ci' or "
+                          "tier!=web (requirements separated by commas, all must hold)") from None
+    return raw.strip() or None
 
 
 def _bool(var: str, raw: str) -> bool:
@@ -291,8 +306,14 @@ def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
             f"{stop_timeout - STOP_ROOM_SECONDS:g}), or a larger STOP_TIMEOUT_SECONDS with the pod's "
             "terminationGracePeriodSeconds above it"
         )
+    node_name = get("NODE_NAME", _node_name)
+    blocking_pod_selector = get("BLOCKING_POD_SELECTOR", _label_selector)
+    if blocking_pod_selector and node_name is None:
+        var, raw = _lookup("BLOCKING_POD_SELECTOR", env, overrides)
+        raise ConfigError(f"{var}={raw!r} needs NODE_NAME: the blocking pods are looked up on that node; "
+                          "accepted: BLOCKING_POD_SELECTOR with NODE_NAME set, or unset")
     return Config(
-        node_name=get("NODE_NAME", _node_name),
+        node_name=node_name,
         path_to_check=path,
         interval_seconds=get("INTERVAL_SECONDS", lambda v, r: _number(v, r, minimum=1)),
         delay_seconds=get("DELAY_SECONDS", _number),
@@ -315,4 +336,5 @@ def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         log_level=get("LOG_LEVEL", lambda v, r: _choice(v, r, ("debug", "info", "warning", "error"))).upper(),
         metrics_port=get("METRICS_PORT", _port),
         metrics_address=get("METRICS_ADDRESS", _address),
+        blocking_pod_selector=blocking_pod_selector,
     )

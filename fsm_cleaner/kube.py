@@ -1,6 +1,8 @@
-"""Port to the Kubernetes API: read the node, write a journal patch, emit an Event.
+"""Port to the Kubernetes API: read the node, write a journal patch, emit an Event, list the pods on the
+node; and, for `fsm-cleaner status --all`, list the nodes.
 
-Three API calls, and the RBAC in deploy/ grants exactly these: nodes get, nodes patch, events create.
+The RBAC in deploy/ grants exactly these calls: nodes get, patch and list, events create; pods list only
+in the optional component deploy/components/blocking-pods (BLOCKING_POD_SELECTOR).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from .blocking import Pod
 from .config import BY_NAME
 from .journal import NodeView, Patch, now_rfc3339
 from .retry import short_error
@@ -27,6 +30,19 @@ EVENT_TIMEOUT = (2, 5)
 
 class NodeGone(RuntimeError):
     """The node does not exist (404): nothing to cordon or journal on."""
+
+
+class PodsForbidden(RuntimeError):
+    """The service account may not list pods (403): BLOCKING_POD_SELECTOR without its RBAC."""
+
+
+def _view(node: Any) -> NodeView:
+    return NodeView(
+        name=node.metadata.name,
+        resource_version=node.metadata.resource_version,
+        unschedulable=bool(node.spec and node.spec.unschedulable),
+        annotations=dict(node.metadata.annotations or {}),
+    )
 
 
 def connect() -> client.CoreV1Api:
@@ -54,12 +70,22 @@ class Kube:
             if e.status == 404:
                 raise NodeGone(f"node {self.node_name!r} not found") from None
             raise
-        return NodeView(
-            name=self.node_name,
-            resource_version=node.metadata.resource_version,
-            unschedulable=bool(node.spec and node.spec.unschedulable),
-            annotations=dict(node.metadata.annotations or {}),
-        )
+        return _view(node)
+
+    def pods_on_node(self, selector: str, timeout: Any = REQUEST_TIMEOUT) -> list[Pod]:
+        """The pods bound to this node whose labels match ``selector``, in every namespace."""
+        try:
+            found = self.api.list_pod_for_all_namespaces(
+                field_selector=f"spec.nodeName={self.node_name}", label_selector=selector,
+                _request_timeout=timeout)
+        except ApiException as e:
+            if e.status == 403:
+                raise PodsForbidden(
+                    "the service account may not list pods, which BLOCKING_POD_SELECTOR needs: install "
+                    "deploy/components/blocking-pods (or unset BLOCKING_POD_SELECTOR)") from None
+            raise
+        return [Pod(p.metadata.namespace, p.metadata.name, (p.status and p.status.phase) or "Unknown")
+                for p in found.items]
 
     def write(self, seen: NodeView, patch: Patch, timeout: Any = REQUEST_TIMEOUT) -> None:
         """One patch, made conditional on the resourceVersion that the decision was based on.
@@ -98,3 +124,13 @@ class Kube:
             self.api.create_namespaced_event(self.events_namespace, body, _request_timeout=timeout)
         except Exception as e:  # events are advisory: a cycle never fails over one, but say so
             log.warning("could not emit event %s: %s", reason, short_error(e))
+
+
+class Cluster:
+    """Reads across the cluster, for `fsm-cleaner status --all`."""
+
+    def __init__(self, api: client.CoreV1Api):
+        self.api = api
+
+    def nodes(self, timeout: Any = REQUEST_TIMEOUT) -> list[NodeView]:
+        return [_view(n) for n in self.api.list_node(_request_timeout=timeout).items]

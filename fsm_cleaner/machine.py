@@ -89,12 +89,18 @@ STATES: tuple[StateDoc, ...] = (
     StateDoc(
         name="PruningContainers",
         may_hold_cordon=True,
-        doing="Removing stopped containers (docker container prune).",
+        doing="Removing stopped containers (docker container prune); then, with BLOCKING_POD_SELECTOR set, "
+              "listing the pods on the node that it names: while one is Running or Pending (and usage is "
+              "below the critical level) images, dangling images and build cache stay, and the cycle ends "
+              "here (log line `waiting: pod ...`, Event RemovalsDeferred).",
         takes="seconds",
         cordoned="yes, if the node was schedulable before the cycle",
         if_killed="The next start uncordons (journal says PruningContainers).",
         if_stuck="Check the Docker daemon (`docker info` on the node); after the retries run out the agent "
-                 "uncordons by itself.",
+                 "uncordons by itself. `PodsForbidden`: BLOCKING_POD_SELECTOR is set but the RBAC of "
+                 "deploy/components/blocking-pods is not installed. A node that cleans nothing but "
+                 "containers, cycle after cycle, has a blocking pod that never ends: find it with "
+                 "`kubectl get pods -A -l SELECTOR --field-selector spec.nodeName=NODE`.",
         journal="PruningContainers (cordoned_by_us carried over from Cordoning).",
     ),
     StateDoc(
@@ -158,6 +164,7 @@ TRANSITIONS: tuple[tuple[str, str | list[str], str, list[str]], ...] = (
     ("next", "Measuring", "Idle", []),
     ("fail", "Measuring", "Idle", []),
     ("next", "Cordoning", "PruningContainers", []),
+    ("next", "PruningContainers", "Uncordoning", ["removals_blocked"]),
     ("next", "PruningContainers", "PruningDangling", []),
     ("next", "PruningDangling", "Uncordoning", ["dangling_freed_enough"]),
     ("next", "PruningDangling", "PruningAll", []),

@@ -51,6 +51,8 @@ class Node(Protocol):
 
     def cycle_failed(self, reason: str) -> None: ...
 
+    def notice(self, reason: str, message: str) -> None: ...  # an Event on the node, best effort
+
 
 @contextlib.contextmanager
 def _node_must_exist(name: str) -> Iterator[None]:
@@ -91,6 +93,9 @@ class NoCluster:
     def cycle_failed(self, reason: str) -> None:
         pass
 
+    def notice(self, reason: str, message: str) -> None:
+        pass
+
 
 class NodeWriter:
     def __init__(self, api: NodeApi, cfg: Config, shutdown: Shutdown, holder: str | None = None):
@@ -127,6 +132,9 @@ class NodeWriter:
 
     def cycle_failed(self, reason: str) -> None:
         self._event("CleanupFailed", f"fsm-cleaner cycle failed: {reason}", warning=True)
+
+    def notice(self, reason: str, message: str) -> None:
+        self._event(reason, message)
 
     def _timeout(self) -> tuple[float, float]:
         # A node write is tried even at the very end of the bound: it may be the uncordon.
@@ -212,4 +220,7 @@ class DryRunNode:
         pass
 
     def cycle_failed(self, reason: str) -> None:
+        pass
+
+    def notice(self, reason: str, message: str) -> None:
         pass

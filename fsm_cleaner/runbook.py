@@ -80,6 +80,7 @@ def render(states: Sequence[StateDoc], edges: Sequence[Edge], initial: str, trig
     each trigger's meaning; ``mermaid_text`` is embedded, ``svg`` and ``png`` (file names) are linked."""
     trigger_list = "\n".join(f"- `{name}`: {meaning}." for name, meaning in triggers.items())
     status_cmd = "fsm-cleaner status --node-name NODE"
+    status_all = "fsm-cleaner status --all"
     jsonpath = f"kubectl get node NODE -o jsonpath='{{.metadata.annotations.{JOURNAL_KEY}}}'"
     legacy_jsonpath = ("kubectl get node NODE -o jsonpath='{.metadata.annotations."
                        + LEGACY_KEY.replace(".", "\\.") + "}'")
@@ -145,6 +146,14 @@ Commands used below (NODE is the node's name):
 
 No state keeps the node cordoned that long in normal operation (see "Normally takes" above: only a long
 PruningAll comes close). Work through these steps in order.
+
+First, the whole cluster at a glance: `{status_all}` prints a line per node (journal state and since
+when, whose cordon it is, the cordon slot held) and exits 3, naming on stderr each node that
+{NAME} has held cordoned for longer than the limit (`--max-cordoned-for`, default 1h; the journal's
+`since` is when its current state began, so the cordon is at least that old). It is the check to run
+from cron, and it tells you whether one node is stuck or many: many at once point at the API server
+or at a setting, not at one node. It needs `nodes list`, which the agent's ClusterRole has: run it in
+any agent pod, `kubectl -n {NAMESPACE} exec ds/{DAEMONSET} -- {status_all}`.
 
 1. **Whose cordon is it?** Run `{status_cmd}` (or `{jsonpath}`).
    - `cordoned by fsm-cleaner: yes` (`"cordoned_by_us":true`): the agent's cordon. Note `state` and

@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from devtools.fakes import FakeClock, FakeDisk, FakeNodeApi, FakeRuntime
+from devtools.fakes import FakeClock, FakeDisk, FakeNodeApi, FakePod, FakeRuntime
+from fsm_cleaner import agent as agent_module
 from fsm_cleaner import config, machine
 from fsm_cleaner.agent import Agent
 from fsm_cleaner.cli import build_agent
 from fsm_cleaner.journal import ANNOTATION, decode
+from fsm_cleaner.kube import PodsForbidden
 
 MiB = 2**20
 FORBIDDEN = ApiException(status=403, reason="Forbidden")  # not transient: the step fails at once
@@ -183,6 +185,27 @@ def uncordon_fails_while_stopping(bed: Bed) -> None:
     assert bed.api.unschedulable
 
 
+SELECTOR = "component=binderhub-build"
+
+
+def a_build_pod_defers_image_removals(bed: Bed) -> None:
+    """A build pod runs on the node: the stopped container goes, every image stays, the node is handed
+    back."""
+    bed.env["FSM_CLEANER_BLOCKING_POD_SELECTOR"] = SELECTOR
+    bed.api.pods.append(FakePod("build-1", "node-1", {"component": "binderhub-build"}))
+    bed.fill()
+    images = set(bed.runtime.store)
+    assert bed.run() == 0
+    assert bed.taken[-3:] == [("next", "Cordoning", "PruningContainers"),
+                              ("next", "PruningContainers", "Uncordoning"), ("next", "Uncordoning", "Idle")]
+    assert set(bed.runtime.store) == images and not bed.runtime.removed
+    assert [c for c in bed.runtime.containers if not c.running] == []
+    assert bed.handed_back() and not bed.agent.cycle.failed
+    message = (f"fsm-cleaner waiting: pod default/build-1 (selector {SELECTOR}) runs on this node; images, "
+               "dangling images and build cache stay until the next tick")
+    assert ("RemovalsDeferred", message, False) in bed.api.events
+
+
 def stopped_before_start(bed: Bed) -> None:
     bed.stop()
     assert bed.run() == 0
@@ -219,6 +242,7 @@ SCENARIOS: list[Callable[[Bed], None]] = [
     dangling_images_free_enough,
     reconciling_fails,
     measuring_fails_without_a_runtime,
+    a_build_pod_defers_image_removals,
     fails_in("Cordoning", lambda b: b.api.faults.add("write", FORBIDDEN)),
     fails_in("PruningContainers", lambda b: b.runtime.faults.add("prune_containers", RuntimeError("boom"))),
     fails_in("PruningDangling", lambda b: b.runtime.faults.add("prune_dangling", RuntimeError("boom"))),
@@ -298,3 +322,96 @@ def test_a_node_deleted_and_registered_again_is_cordoned_by_the_next_cycle(tmp_p
     assert ("fail", "PruningContainers", "Uncordoning") in bed.taken
     assert cordoned_at_removal and all(cordoned_at_removal)  # the next cycle cordoned before removing
     assert bed.handed_back()
+
+
+# --- blocking pods (issue 11) ---------------------------------------------------------------------
+
+def blocked_bed(tmp_path: Path, *pods: FakePod) -> Bed:
+    bed = Bed(tmp_path, env={"FSM_CLEANER_BLOCKING_POD_SELECTOR": SELECTOR})
+    bed.api.pods.extend(pods)
+    bed.fill()
+    return bed
+
+
+def test_the_next_tick_after_the_build_pod_ended_cleans(tmp_path: Path) -> None:
+    build = FakePod("build-1", "node-1", {"component": "binderhub-build"})
+    bed = blocked_bed(tmp_path, build)
+    removed_at_end_of_first_cycle: list[int] = []
+
+    def build_ends() -> None:  # during the first Idle wait
+        removed_at_end_of_first_cycle.append(len(bed.runtime.removed))
+        build.phase = "Succeeded"
+    bed.clock.at(30, build_ends)
+    bed.clock.at(90, bed.stop)  # during the second Idle wait
+    assert bed.run(once=False) == 0
+    assert removed_at_end_of_first_cycle == [0]
+    assert bed.states.count("PruningAll") == 1 and bed.states.count("Cordoning") == 2
+    assert bed.runtime.removed and bed.disk.used() <= 50 * MiB
+    assert bed.handed_back()
+
+
+@pytest.mark.parametrize("pod", [
+    FakePod("build-1", "node-2", {"component": "binderhub-build"}),  # another node's
+    FakePod("web-1", "node-1", {"component": "web"}),  # not selected
+    FakePod("build-1", "node-1", {"component": "binderhub-build"}, phase="Succeeded"),  # done
+    FakePod("build-1", "node-1", {"component": "binderhub-build"}, phase="Failed"),
+], ids=["other-node", "other-labels", "succeeded", "failed"])
+def test_pods_that_cannot_break_do_not_block(tmp_path: Path, pod: FakePod) -> None:
+    bed = blocked_bed(tmp_path, pod)
+    assert bed.run() == 0
+    assert "PruningAll" in bed.states and bed.runtime.removed
+
+
+def test_a_pending_build_pod_blocks_too(tmp_path: Path) -> None:
+    pending = FakePod("build-1", "node-1", {"component": "binderhub-build"}, phase="Pending")
+    bed = blocked_bed(tmp_path, pending)
+    assert bed.run() == 0
+    assert "PruningDangling" not in bed.states and not bed.runtime.removed
+
+
+def test_at_the_critical_level_the_disk_comes_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(agent_module, "CRITICAL_LEVEL", 90.0)  # the fill leaves the disk at 91.5 %
+    bed = blocked_bed(tmp_path, FakePod("build-1", "node-1", {"component": "binderhub-build"}))
+    with caplog.at_level("WARNING", logger="fsm_cleaner"):
+        assert bed.run() == 0
+    assert "PruningAll" in bed.states and bed.runtime.removed
+    assert "pod default/build-1 (selector component=binderhub-build) on this node, but usage 91.5% is at " \
+           "the critical level: removing anyway" in caplog.text
+    assert "CriticalUsage" in [reason for reason, _, _ in bed.api.events]
+
+
+def test_below_the_critical_level_the_build_pod_still_blocks(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent_module, "CRITICAL_LEVEL", 95.0)
+    bed = blocked_bed(tmp_path, FakePod("build-1", "node-1", {"component": "binderhub-build"}))
+    assert bed.run() == 0
+    assert "PruningDangling" not in bed.states and not bed.runtime.removed
+
+
+def test_pods_that_cannot_be_listed_fail_the_cycle_and_nothing_more_is_removed(tmp_path: Path) -> None:
+    bed = blocked_bed(tmp_path)
+    bed.api.faults.add("pods_on_node", PodsForbidden("the service account may not list pods"))
+    images = set(bed.runtime.store)
+    assert bed.run() == 1
+    assert ("fail", "PruningContainers", "Uncordoning") in bed.taken
+    assert set(bed.runtime.store) == images and bed.handed_back()
+    assert "PodsForbidden" in (bed.agent.cycle.failed or "")
+
+
+def test_without_a_selector_no_pod_is_listed(tmp_path: Path) -> None:
+    bed = Bed(tmp_path)
+    bed.api.pods.append(FakePod("build-1", "node-1", {"component": "binderhub-build"}))
+    bed.fill()
+    assert bed.run() == 0
+    assert "PruningAll" in bed.states and "pods_on_node" not in bed.api.faults.calls
+
+
+def test_a_dry_run_says_it_would_wait_and_emits_no_event(tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    bed = blocked_bed(tmp_path, FakePod("build-1", "node-1", {"component": "binderhub-build"}))
+    bed.env["FSM_CLEANER_DRY_RUN"] = "true"
+    with caplog.at_level("WARNING", logger="fsm_cleaner"):
+        assert bed.run() == 0
+    assert "waiting: pod default/build-1" in caplog.text
+    assert bed.api.events == [] and bed.api.patches == []

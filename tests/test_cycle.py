@@ -339,3 +339,38 @@ def test_bad_configuration_exits_2_and_touches_nothing(docker_bed: DockerBed, cl
     assert len(run.log.strip().splitlines()) == 1  # one message, no traceback
     assert rv(cluster) == before
     assert exists(docker_bed, image)
+
+
+def test_a_running_build_pod_defers_image_removals_until_it_ends(docker_bed: DockerBed, cluster: Cluster,
+                                                                 tmp_path) -> None:
+    """BLOCKING_POD_SELECTOR: while a selected pod runs on the node the stopped container goes and the
+    images stay; once it has ended, the next cycle removes them. Pods on other nodes or with other
+    labels never block: the node and the selector reach the API server."""
+    cluster = needs_fake(cluster)
+    old = docker_bed.build_image("app:old", 20)
+    docker_bed.run_container(old, running=False)
+    build = {"component": "binderhub-build"}
+    cluster.add_pod("build-1", NODE, namespace="binder", labels=build)
+    cluster.add_pod("build-2", "node-2", namespace="binder", labels=build)
+    cluster.add_pod("hub", NODE, namespace="binder", labels={"component": "hub"})
+    env = above(docker_bed, tmp_path, 2, FSM_CLEANER_BLOCKING_POD_SELECTOR="component=binderhub-build")
+
+    run = run_agent(env)
+    assert run.code == 0, run.log
+    assert run.states() == ["Reconciling", "Idle", "Measuring", "Cordoning", "PruningContainers",
+                            "Uncordoning", "Idle"], run.log
+    assert "waiting: pod binder/build-1 (selector component=binderhub-build) runs on this node; images, " \
+           "dangling images and build cache stay until the next tick" in run.log
+    assert docker_bed.client().containers.list(all=True) == []  # the stopped container went
+    assert exists(docker_bed, old)
+    assert_handed_back(cluster)
+    assert "RemovalsDeferred" in {e["reason"] for e in cluster.events}
+    assert [r.method for r in cluster.requests if r.path == "/api/v1/pods"] == ["GET"]  # once a cycle
+
+    cluster.set_pod_phase("build-1", "Succeeded", namespace="binder")
+    run = run_agent(env)  # the next tick
+    assert run.code == 0, run.log
+    assert run.states() == FULL_CYCLE, run.log
+    assert not exists(docker_bed, old)
+    assert "waiting:" not in run.log
+    assert_handed_back(cluster)

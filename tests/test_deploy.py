@@ -254,7 +254,7 @@ def api_calls_in_code() -> set[str]:
 
 def rbac_rule_for(method: str) -> tuple[str, str, str]:
     """CoreV1Api method -> (apiGroup, resource, verb): create_namespaced_event -> ("", events, create)."""
-    match = re.fullmatch(r"([a-z]+)_(?:namespaced_)?([a-z_]+?)(_status)?", method)
+    match = re.fullmatch(r"([a-z]+)_(?:namespaced_)?([a-z_]+?)(_status)?(?:_for_all_namespaces)?", method)
     assert match and match[1] in CLIENT_VERBS, f"unknown Kubernetes client method {method}"
     resource = match[2] + "s" + ("/status" if match[3] else "")
     return "", resource, CLIENT_VERBS[match[1]]
@@ -274,16 +274,18 @@ def imports_the_kubernetes_client(source: str) -> bool:
 
 
 def test_code_calls_the_kubernetes_api_only_through_kube_py():
-    assert api_calls_in_code() == {"read_node", "patch_node", "create_namespaced_event"}
+    assert api_calls_in_code() == {"read_node", "patch_node", "list_node", "create_namespaced_event",
+                                   "list_pod_for_all_namespaces"}
     for module in (REPO / "fsm_cleaner").glob("*.py"):
         if module.name != "kube.py":
             assert not imports_the_kubernetes_client(module.read_text()), module.name
 
 
-def test_rbac_is_exactly_what_the_code_calls(rendered):
-    _, docs = rendered
-    expected = {rbac_rule_for(m) for m in api_calls_in_code()}
-    assert expected == {("", "nodes", "get"), ("", "nodes", "patch"), ("", "events", "create")}
+# Granted only by components/blocking-pods, for BLOCKING_POD_SELECTOR: without it the agent lists no pods.
+BLOCKING_PODS_RULES = {("", "pods", "list")}
+
+
+def granted_rules(docs: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
     granted = set()
     for rule in one(docs, "ClusterRole")["rules"]:
         assert set(rule) == {"apiGroups", "resources", "verbs"}, "no resourceNames, nonResourceURLs"
@@ -292,7 +294,15 @@ def test_rbac_is_exactly_what_the_code_calls(rendered):
                 for verb in rule["verbs"]:
                     assert "*" not in (group, resource, verb), f"wildcard in {rule}"
                     granted.add((group, resource, verb))
-    assert granted == expected
+    return granted
+
+
+def test_rbac_is_exactly_what_the_code_calls(rendered):
+    _, docs = rendered
+    expected = {rbac_rule_for(m) for m in api_calls_in_code()}
+    assert expected == {("", "nodes", "get"), ("", "nodes", "patch"), ("", "nodes", "list"),
+                        ("", "events", "create"), *BLOCKING_PODS_RULES}
+    assert granted_rules(docs) == expected - BLOCKING_PODS_RULES
     assert not [d for d in docs if d["kind"] in ("Role", "RoleBinding")]
 
     binding = one(docs, "ClusterRoleBinding")
@@ -539,3 +549,23 @@ def test_podmonitor_component_scrapes_the_agents_metrics_port(tmp_path):
     assert endpoint["path"] == ds["spec"]["template"]["metadata"]["annotations"]["prometheus.io/path"]
     assert PROMETHEUS_DURATION.fullmatch(endpoint["interval"]) and endpoint["interval"] != ""
 
+def test_the_blocking_pods_component_grants_pods_list_and_sets_the_selector(tmp_path, rendered):
+    """Added to any install (here each one, from a kustomization of its own), it grants exactly pods list
+    on top, and sets a selector the agent accepts."""
+    name, docs = rendered
+    here = tmp_path / name
+    here.mkdir()
+    (here / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(KUSTOMIZATIONS[name], here)],
+        "components": [os.path.relpath(DEPLOY / "components" / "blocking-pods", here)]}))
+    with_component = render(here)
+    assert granted_rules(with_component) == granted_rules(docs) | BLOCKING_PODS_RULES
+    env = {k: v for k, v in container_env(with_component).items() if v is not None}
+    cfg = config.load(env, PATH_TO_CHECK=str(tmp_path), NODE_NAME="node-1")  # the downward API's, on a node
+    assert cfg.blocking_pod_selector == "component=binderhub-build"
+    version = kubernetes_validate.latest_version()
+    for doc in with_component:
+        kubernetes_validate.validate(doc, version, strict=True)
+    changed = {k for k, d in by_key(with_component).items() if by_key(docs)[k] != d}
+    assert changed == {("ClusterRole", "", "fsm-cleaner"), ("ConfigMap", "fsm-cleaner", "fsm-cleaner-config")}

@@ -112,7 +112,7 @@ def test_methods_not_served_are_405(fake: FakeKube, v1: client.CoreV1Api) -> Non
 
 def test_unknown_path_is_404_status(fake: FakeKube) -> None:
     with pytest.raises(urllib.error.HTTPError) as exc:
-        urllib.request.urlopen(fake.url + "/api/v1/pods", timeout=5)
+        urllib.request.urlopen(fake.url + "/api/v1/secrets", timeout=5)
     body = json.loads(exc.value.read())
     assert exc.value.code == 404
     assert body["kind"] == "Status" and body["reason"] == "NotFound"
@@ -502,3 +502,74 @@ def test_standalone_cli(tmp_path: Path) -> None:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+# --- pods: listing by node and selector (BLOCKING_POD_SELECTOR) ----------------------------------------
+
+
+def _names(pod_list: Any) -> list[str]:
+    return [f"{p.metadata.namespace}/{p.metadata.name}" for p in pod_list.items]
+
+
+def test_pods_are_listed_by_node_and_label_selector(fake: FakeKube, v1: client.CoreV1Api) -> None:
+    fake.add_pod("build-a", "n1", namespace="binder", labels={"component": "binderhub-build", "repo": "x"})
+    fake.add_pod("build-b", "n2", namespace="binder", labels={"component": "binderhub-build"})
+    fake.add_pod("hub", "n1", namespace="binder", labels={"component": "hub"})
+    fake.add_pod("web", "n1", labels={"tier": "web", "replicas": "3"})
+    on_n1 = "spec.nodeName=n1"
+    assert _names(v1.list_pod_for_all_namespaces(field_selector=on_n1)) == [
+        "binder/build-a", "binder/hub", "default/web"]
+    for selector, expected in [
+        ("component=binderhub-build", ["binder/build-a"]),
+        ("component==binderhub-build", ["binder/build-a"]),
+        ("component!=hub", ["binder/build-a", "default/web"]),  # a pod without the label matches !=
+        ("component in (hub, binderhub-build)", ["binder/build-a", "binder/hub"]),
+        ("component notin (hub)", ["binder/build-a", "default/web"]),
+        ("repo", ["binder/build-a"]),
+        ("!component", ["default/web"]),
+        ("component,!repo", ["binder/hub"]),
+        ("replicas>2", ["default/web"]),
+        ("replicas<3", []),
+    ]:
+        found = v1.list_pod_for_all_namespaces(field_selector=on_n1, label_selector=selector)
+        assert _names(found) == expected, selector
+    assert _names(v1.list_namespaced_pod("binder", field_selector=on_n1)) == ["binder/build-a", "binder/hub"]
+    assert _names(v1.list_namespaced_pod("binder", label_selector="component=binderhub-build")) == [
+        "binder/build-a", "binder/build-b"]
+    assert _names(v1.list_namespaced_pod("empty")) == []
+
+
+def test_pods_come_and_go_and_change_phase(fake: FakeKube, v1: client.CoreV1Api) -> None:
+    fake.add_pod("build-a", "n1", labels={"component": "build"}, phase="Pending")
+    first = v1.list_pod_for_all_namespaces(field_selector="spec.nodeName=n1")
+    assert [p.status.phase for p in first.items] == ["Pending"]
+    fake.set_pod_phase("build-a", "Running")
+    assert [p.status.phase for p in v1.list_pod_for_all_namespaces().items] == ["Running"]
+    assert _names(v1.list_pod_for_all_namespaces(field_selector="status.phase!=Running")) == []
+    fake.delete_pod("build-a")
+    assert v1.list_pod_for_all_namespaces().items == []
+    later = v1.list_pod_for_all_namespaces()
+    assert int(later.metadata.resource_version) > int(first.metadata.resource_version)
+    fake.add_pod("x", "n1")
+    with pytest.raises(ValueError, match="already exists"):
+        fake.add_pod("x", "n1")
+    with pytest.raises(ValueError):
+        fake.add_pod("bad-labels", "n1", labels={"a": "no spaces"})
+
+
+@pytest.mark.parametrize("query, message", [
+    ({"label_selector": "a in ()"}, "unable to parse requirement"),
+    ({"label_selector": "a b"}, "unable to parse requirement"),
+    ({"field_selector": "spec.nodeName"}, "invalid selector"),
+    ({"field_selector": "spec.nodename=n1"}, "field label not supported: spec.nodename"),
+])
+def test_a_bad_selector_is_400(fake: FakeKube, v1: client.CoreV1Api, query: dict[str, str],
+                               message: str) -> None:
+    with pytest.raises(ApiException) as e:
+        v1.list_pod_for_all_namespaces(**query)
+    assert e.value.status == 400 and message in json.loads(e.value.body)["message"]
+
+
+def test_pods_are_listed_in_discovery(fake: FakeKube, v1: client.CoreV1Api) -> None:
+    resources = {r.name: r.verbs for r in v1.get_api_resources().resources}
+    assert resources["pods"] == ["list"] and "list" in resources["nodes"]
