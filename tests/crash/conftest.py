@@ -175,6 +175,13 @@ class Snap:
                 and LEGACY_ANNOTATION not in self.annotations)
 
 
+def writes_spec(body: Any) -> bool:
+    """Whether a node PATCH body changes anything under spec (a JSON patch's tests only read it)."""
+    if isinstance(body, list):
+        return any(op.get("op") != "test" and str(op.get("path", "")).startswith("/spec") for op in body)
+    return isinstance(body, dict) and "spec" in body
+
+
 def snap(node: dict, t: float | None = None) -> Snap:
     meta = node["metadata"]
     return Snap(time.monotonic() if t is None else t, bool(node["spec"].get("unschedulable")),
