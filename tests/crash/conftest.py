@@ -175,11 +175,13 @@ class Snap:
                 and LEGACY_ANNOTATION not in self.annotations)
 
 
-def writes_spec(body: Any) -> bool:
-    """Whether a node PATCH body changes anything under spec (a JSON patch's tests only read it)."""
+def spec_changes(body: Any) -> list[tuple[str, Any]]:
+    """What a node PATCH body changes under spec, as (path, value); a JSON patch's tests only read."""
     if isinstance(body, list):
-        return any(op.get("op") != "test" and str(op.get("path", "")).startswith("/spec") for op in body)
-    return isinstance(body, dict) and "spec" in body
+        return [(op["path"], op.get("value")) for op in body
+                if op.get("op") != "test" and str(op.get("path", "")).startswith("/spec")]
+    spec = body.get("spec") if isinstance(body, dict) else None
+    return [(f"/spec/{key}", value) for key, value in (spec or {}).items()]
 
 
 def snap(node: dict, t: float | None = None) -> Snap:
