@@ -163,7 +163,7 @@ class Snap:
             return None
         try:
             return str(json.loads(raw)["state"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: a hostile journal
             return "<unreadable>"
 
     def journal(self) -> dict | None:
