@@ -3,10 +3,11 @@
 The real ``kubernetes`` Python client talks to it over HTTP on 127.0.0.1, so tests exercise the
 client's actual wire behaviour (content types, status codes, exception classes) instead of mocks.
 Only what the fsm-cleaner agent and its tests use is served (``FakeKube.ROUTES``): a node's GET and
-PATCH (merge, strategic-merge and JSON patch, resourceVersion preconditions), the node list (for
-``kubectl get nodes`` and ``fsm-cleaner status --all``), pod lists in all namespaces or one with label
-and field selectors (pods are added, re-phased and deleted with ``add_pod``, ``set_pod_phase`` and
-``delete_pod``), core/v1 Event creation, and the discovery documents kubectl reads first.
+PATCH (merge, strategic-merge and JSON patch as the real server applies them, resourceVersion
+preconditions), the node list (for ``kubectl get nodes`` and ``fsm-cleaner status --all``), pod lists in
+all namespaces or one with label and field selectors (pods are added, re-phased and deleted with
+``add_pod``, ``set_pod_phase`` and ``delete_pod``), core/v1 Event creation, and the discovery documents
+kubectl reads first.
 Faults (5xx, delays, dropped connections) are injected with ``fail``; tests act around requests
 with the ``on_request`` and ``before_reply`` hooks; every request is logged in ``requests``.
 
@@ -44,6 +45,9 @@ STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"
 PATCH_TYPES = (JSON_PATCH, MERGE_PATCH, STRATEGIC_MERGE_PATCH)
+
+# apiserver's answer (422 Invalid) to a JSON patch that does not apply, a failed `test` included.
+JSON_PATCH_NOT_APPLIED = "the server rejected our request due to an error in our request"
 
 # Same limit as apimachinery's ValidateAnnotations: the agent's journal lives in an annotation.
 ANNOTATIONS_MAX_BYTES = 256 * 1024
@@ -375,6 +379,26 @@ def _remove(doc: Any, tokens: list[str], pointer: str) -> Any:
     raise JsonPatchError(f"remove operation does not apply: doc is missing path: {pointer}")
 
 
+def _test(doc: Any, tokens: list[str], value: Any, pointer: str) -> None:
+    """RFC 6902 ``test``, with the API server's (evanphx/json-patch's) reading of ``null``: it also
+    matches a missing key, so "absent" can be tested; a missing parent fails."""
+    if not tokens:
+        actual = doc
+    else:
+        try:
+            parent = _get(doc, tokens[:-1], pointer)
+        except JsonPatchError:
+            raise JsonPatchError(f"test operation does not apply: is missing path: {pointer}") from None
+        if isinstance(parent, dict):
+            actual = parent.get(tokens[-1])
+        elif isinstance(parent, list):
+            actual = parent[_list_index(tokens[-1], len(parent), pointer)]
+        else:
+            raise JsonPatchError(f"test operation does not apply: is missing path: {pointer}")
+    if not _json_equal(actual, value):
+        raise JsonPatchError(f"testing value {pointer} failed: test failed")
+
+
 def json_patch(doc: Any, ops: list[Any]) -> Any:
     """RFC 6902 JSON patch, atomic: works on a deep copy, raises JsonPatchError on any failure."""
     doc = copy.deepcopy(doc)
@@ -396,8 +420,7 @@ def json_patch(doc: Any, ops: list[Any]) -> Any:
                 _remove(doc, tokens, pointer)
             doc = _add(doc, tokens, copy.deepcopy(op["value"]), pointer)
         elif kind == "test":
-            if not _json_equal(_get(doc, tokens, pointer), op["value"]):
-                raise JsonPatchError(f"testing value {pointer} failed: test failed")
+            _test(doc, tokens, op["value"], pointer)
         elif kind in ("move", "copy"):
             source = op.get("from")
             from_tokens = _parse_pointer(source)
@@ -1157,8 +1180,9 @@ class FakeKube:
                 raise ApiError(400, "json: cannot unmarshal object into Go value of type jsonpatch.Patch")
             try:
                 patched = json_patch(current, patch)
-            except JsonPatchError as err:
-                raise ApiError(422, str(err)) from None
+            except JsonPatchError:
+                # The real server's whole answer: the patch library's error is dropped.
+                raise ApiError(422, JSON_PATCH_NOT_APPLIED, details={}) from None
         else:
             if not isinstance(patch, dict):
                 raise ApiError(

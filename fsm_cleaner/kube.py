@@ -7,6 +7,7 @@ in the optional component deploy/components/blocking-pods (BLOCKING_POD_SELECTOR
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -15,7 +16,7 @@ from kubernetes.client.exceptions import ApiException
 
 from .blocking import Pod
 from .config import BY_NAME
-from .journal import NodeView, Patch, now_rfc3339
+from .journal import ANNOTATION, NodeChanged, NodeView, Patch, now_rfc3339
 from .retry import short_error
 
 log = logging.getLogger("fsm_cleaner")
@@ -57,6 +58,46 @@ def connect() -> client.CoreV1Api:
     return client.CoreV1Api(client.ApiClient(configuration))
 
 
+def _pointer(*keys: str) -> str:
+    """RFC 6901: ``~`` and ``/`` inside a key are escaped."""
+    return "".join("/" + key.replace("~", "~0").replace("/", "~1") for key in keys)
+
+
+def json_patch(seen: NodeView, patch: Patch) -> list[dict[str, Any]]:
+    """``patch`` as RFC 6902 operations, conditional on what the decision read: first ``test`` the
+    journal and every annotation the patch changes, and spec.unschedulable, against their values as
+    read (null: absent, which the API server's test accepts for a missing key), then change them."""
+    annotations = {ANNOTATION: seen.annotations.get(ANNOTATION)} | {
+        key: seen.annotations.get(key) for key in patch.annotations}
+    ops: list[dict[str, Any]] = [
+        {"op": "test", "path": _pointer("metadata", "annotations", key), "value": value}
+        for key, value in annotations.items()]
+    ops.append({"op": "test", "path": "/spec/unschedulable", "value": True if seen.unschedulable else None})
+    for key, value in patch.annotations.items():
+        path = _pointer("metadata", "annotations", key)
+        if value is not None:
+            ops.append({"op": "add", "path": path, "value": value})  # add replaces an existing key
+        elif key in seen.annotations:
+            ops.append({"op": "remove", "path": path})
+    if patch.unschedulable is not None:
+        ops.append({"op": "add", "path": "/spec/unschedulable", "value": patch.unschedulable})
+    return ops
+
+
+# The API server's whole answer when a JSON patch does not apply (a `test` failed, or a path it changes
+# is gone); it drops the patch library's own error. Validation and admission policies say more.
+NOT_APPLIED = "the server rejected our request due to an error in our request"
+
+
+def _not_applied(e: ApiException) -> bool:
+    """A 422 because our JSON patch did not apply to the node as it is now: the node changed since the
+    read (a retry re-reads), as opposed to a 422 from validation or an admission policy (no retry helps)."""
+    try:
+        return e.status == 422 and json.loads(e.body or "")["message"] == NOT_APPLIED
+    except (ValueError, TypeError, KeyError):
+        return False
+
+
 class Kube:
     def __init__(self, api: client.CoreV1Api, node_name: str, events_namespace: str = "default"):
         self.api = api
@@ -88,21 +129,32 @@ class Kube:
                 for p in found.items]
 
     def write(self, seen: NodeView, patch: Patch, timeout: Any = REQUEST_TIMEOUT) -> None:
-        """One patch, made conditional on the resourceVersion that the decision was based on.
+        """One patch, conditional on what the decision read; NodeChanged when that has changed.
 
-        The client sends a dict as a strategic-merge patch; for these fields (annotations, with null
-        deleting a key, and spec.unschedulable) it means the same as a JSON merge patch.
+        A JSON patch whose tests check our data only (see ``json_patch``), so the kubelet's status
+        updates, ten a second on a busy node, do not make every write lose. A node with no annotations
+        at all gets a merge patch with a resourceVersion precondition instead: a JSON patch cannot
+        create the map without an `add` of the whole map, which would drop any annotation another
+        writer added since our read. Kubelets annotate every node they register, so this is a test
+        cluster's case and never the busy node's.
         """
-        body: dict[str, Any] = {
-            "metadata": {"resourceVersion": seen.resource_version, "annotations": patch.annotations}
-        }
-        if patch.unschedulable is not None:
-            body["spec"] = {"unschedulable": patch.unschedulable}
+        body: list[dict[str, Any]] | dict[str, Any]
+        if seen.annotations:
+            body = json_patch(seen, patch)
+        else:
+            # The client sends a dict as a strategic-merge patch; for these fields (annotations, with
+            # null deleting a key, and spec.unschedulable) it means the same as a JSON merge patch.
+            body = {"metadata": {"resourceVersion": seen.resource_version, "annotations": patch.annotations}}
+            if patch.unschedulable is not None:
+                body["spec"] = {"unschedulable": patch.unschedulable}
         try:
             self.api.patch_node(self.node_name, body, _request_timeout=timeout)
         except ApiException as e:
             if e.status == 404:
                 raise NodeGone(f"node {self.node_name!r} not found") from None
+            if _not_applied(e):
+                raise NodeChanged(f"node {self.node_name} changed since it was read: the JSON patch's tests "
+                                  "failed (422)") from None
             raise
 
     def event(self, reason: str, message: str, warning: bool = False, timeout: Any = EVENT_TIMEOUT) -> None:

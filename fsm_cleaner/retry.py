@@ -23,6 +23,7 @@ from tenacity import (
 
 from . import metrics
 from .config import RETRY_MIN_WAIT_SECONDS, Config
+from .journal import NodeChanged
 
 log = logging.getLogger("fsm_cleaner")
 
@@ -31,9 +32,12 @@ _DOCKER_BUSY = "a prune operation is already running"
 
 
 def is_transient(exc: BaseException | None) -> bool:
-    """Failures that another attempt can cure: network, timeouts, 5xx, 429, 409 conflicts."""
+    """Failures that another attempt can cure: network, timeouts, 5xx, 429, 409 conflicts, a node
+    changed since it was read."""
     if exc is None:
         return False
+    if isinstance(exc, NodeChanged):
+        return True
     if isinstance(exc, ApiException):
         return exc.status in (0, 409, 429) or exc.status >= 500
     if isinstance(exc, docker.errors.APIError):

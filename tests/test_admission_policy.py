@@ -18,12 +18,14 @@ import celpy
 import pytest
 from celpy import celtypes
 
+from devtools.fakekube import json_patch
 from fsm_cleaner import journal
 from fsm_cleaner.kube import Kube
 from tests.test_deploy import KUSTOMIZATIONS, one, render
 
 NODE_NAME_KEY = "authentication.kubernetes.io/node-name"
 SINCE = "2025-01-01T00:00:00Z"
+AGENT = journal.Holder("fsm-cleaner-x7k2p", "5f3a9c1e")  # the agent's pod and process
 CEL = celpy.Environment()
 
 
@@ -133,9 +135,9 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
-def stored(old: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+def stored(old: dict[str, Any], body: Any) -> dict[str, Any]:
     """The object admission sees after a PATCH: applied, with what the server itself changes."""
-    new = merge_patch(old, body)
+    new = json_patch(old, body) if isinstance(body, list) else merge_patch(old, body)
     if new["spec"].get("unschedulable") is False:  # omitempty: false is not serialised
         del new["spec"]["unschedulable"]
     new["metadata"]["resourceVersion"] = str(int(old["metadata"]["resourceVersion"]) + 1)
@@ -144,7 +146,7 @@ def stored(old: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
     return new
 
 
-def node_update(who: dict[str, Any], old: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+def node_update(who: dict[str, Any], old: dict[str, Any], body: Any) -> dict[str, Any]:
     return {"operation": "UPDATE", "name": old["metadata"]["name"], "userInfo": who,
             "resource": {"group": "", "version": "v1", "resource": "nodes"},
             "oldObject": old, "object": stored(old, body)}
@@ -169,8 +171,8 @@ class RecordingApi:
         self.bodies.append(body)
 
 
-def agent_body(old: dict[str, Any], decide) -> dict[str, Any]:
-    """The PATCH body fsm-cleaner sends for one of the journal's decisions about this node."""
+def agent_body(old: dict[str, Any], decide) -> Any:
+    """The PATCH body fsm-cleaner sends for one of the journal's decisions about this node (a JSON patch)."""
     meta = old["metadata"]
     view = journal.NodeView(name=meta["name"], resource_version=meta["resourceVersion"],
                             unschedulable=bool(old["spec"].get("unschedulable")),
@@ -190,21 +192,21 @@ def agent_event(node: str) -> dict[str, Any]:
 
 def in_progress(state: str, cordoned_by_us: bool = True) -> dict[str, str]:
     entry = journal.Journal(state, cordoned_by_us=cordoned_by_us, was_unschedulable=False, since=SINCE,
-                            holder="fsm-cleaner-x7k2p")
+                            holder=AGENT.pod, token=AGENT.token, renewed=SINCE)
     return {journal.ANNOTATION: entry.encode()}
 
 
 # --- the agent's own writes are allowed ------------------------------------------------------------
 AGENT_WRITES = {
     "cordon own node": (a_node("n1"),
-                        lambda v: journal.cordon(v, "fsm-cleaner-x7k2p", SINCE)),
+                        lambda v: journal.cordon(v, AGENT, SINCE)),
     "journal a step": (a_node("n1", unschedulable=True, annotations=in_progress("Cordoning")),
-                       lambda v: journal.advance(v, "PruningAll", "fsm-cleaner-x7k2p", SINCE)),
+                       lambda v: journal.advance(v, "PruningAll", AGENT, SINCE)),
     "uncordon own node": (a_node("n1", unschedulable=True, annotations=in_progress("PruningAll")),
-                          lambda v: journal.release(v, "fsm-cleaner-x7k2p", SINCE)),
+                          lambda v: journal.release(v, AGENT, SINCE)),
     "hand back docker-image-cleaner's cordon": (
         a_node("n1", unschedulable=True, annotations={journal.LEGACY_ANNOTATION: "true"}),
-        lambda v: journal.release(v, "fsm-cleaner-x7k2p", SINCE)),
+        lambda v: journal.release(v, AGENT, SINCE)),
 }
 
 
@@ -261,7 +263,7 @@ def test_other_changes_are_denied(docs, agent, case):
 def test_a_forbidden_change_riding_along_with_a_cordon_is_denied(docs, agent):
     old = a_node("n1")
     body = agent_body(old, AGENT_WRITES["cordon own node"][1])
-    body["metadata"]["labels"] = {"hub.jupyter.org/node-purpose": "core"}
+    body.append({"op": "add", "path": "/metadata/labels/hub.jupyter.org~1node-purpose", "value": "core"})
     assert admit(docs, node_update(user(agent, "n1"), old, body))
 
 

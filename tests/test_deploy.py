@@ -35,6 +35,7 @@ OVERLAYS = ("binderhub", "dind", "pink")
 KUSTOMIZATIONS = {"base": DEPLOY, **{name: DEPLOY / "overlays" / name for name in OVERLAYS}}
 NEW, OLD = config.NEW_PREFIX, config.OLD_PREFIX
 DOCKER_ENV = {"DOCKER_HOST"}  # read by the docker SDK (docker.from_env), not by config.py
+HOLDER_ENV = {"POD_NAME"}  # read by node.py: the journal's holder, from the downward API
 # Per kustomization: (PATH_TO_CHECK in the container, the hostPath mounted there, DOCKER_HOST). dind and
 # pink are BinderHub's builders: the chart's dind.hostLibDir and pink.hostStorageDir, measured where its
 # own image cleaner measures them (/var/lib/<builder>), and their sockets.
@@ -318,7 +319,7 @@ def test_rbac_is_exactly_what_the_code_calls(rendered):
 
 def test_every_env_name_is_read_and_every_setting_is_shown(rendered):
     _, docs = rendered
-    known = {name for s in config.SETTINGS for name in s.env_names} | DOCKER_ENV
+    known = {name for s in config.SETTINGS for name in s.env_names} | DOCKER_ENV | HOLDER_ENV
     env = container_env(docs)
     configmap = one(docs, "ConfigMap")["data"]
     names = set(env) | set(configmap)
@@ -332,6 +333,8 @@ def test_every_env_name_is_read_and_every_setting_is_shown(rendered):
     node_name = [v for v in container(docs)["env"] if v["name"] in config.BY_NAME["NODE_NAME"].env_names]
     assert node_name == [{"name": NEW + "NODE_NAME",
                           "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]
+    pod_name = [v for v in container(docs)["env"] if v["name"] == "POD_NAME"]
+    assert pod_name == [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
 
 
 def test_base_configmap_shows_every_default_by_its_new_name():
@@ -485,7 +488,7 @@ def test_readme_maps_every_binderhub_value_to_settings_that_exist():
     for value in BINDERHUB_VALUES:
         assert any(f"`{value}`" in row.split("|")[1] for row in rows), f"{value} has no row"
     # every variable the README names is one fsm-cleaner reads (old names written as `_SUFFIX` aside)
-    known = {name for s in config.SETTINGS for name in s.env_names} | DOCKER_ENV
+    known = {name for s in config.SETTINGS for name in s.env_names} | DOCKER_ENV | HOLDER_ENV
     named = set(re.findall(r"\b(?:FSM_CLEANER|DOCKER_IMAGE_CLEANER)_[A-Z_]+[A-Z]\b", text))
     assert named and named <= known, sorted(named - known)
 

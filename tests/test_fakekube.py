@@ -25,7 +25,10 @@ from kubernetes.client.exceptions import (
     UnprocessableEntityException,
 )
 
-from devtools.fakekube import FakeKube, json_patch, strategic_merge_patch
+from devtools.fakekube import JSON_PATCH_NOT_APPLIED, FakeKube, json_patch, strategic_merge_patch
+from fsm_cleaner import journal
+from fsm_cleaner.journal import NodeChanged, Patch
+from fsm_cleaner.kube import Kube
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE_KEY = "fsm-cleaner/state"
@@ -229,6 +232,104 @@ def test_json_patch_ops_unit() -> None:
     assert doc["a"]["d/e"] == [1, 2]  # input untouched
     with pytest.raises(Exception, match="test failed"):
         json_patch(doc, [{"op": "test", "path": "/t", "value": 1}])  # true is not 1
+
+
+def test_json_patch_test_of_null_means_absent_as_on_the_real_server(fake: FakeKube,
+                                                                  v1: client.CoreV1Api) -> None:
+    # evanphx/json-patch, which the API server uses: a test for null passes when the key is missing
+    # (so "absent" can be tested), fails when the key has a value, and fails when the parent is missing.
+    absent = {"op": "test", "path": "/metadata/annotations/fsm-cleaner~1state", "value": None}
+    node = v1.patch_node("n1", [absent, {"op": "add", "path": "/metadata/annotations/fsm-cleaner~1state",
+                                         "value": "v1"}])
+    assert node.metadata.annotations[STATE_KEY] == "v1"
+    assert last_request(fake, "PATCH").body[0] == absent  # the client sends the null as it is
+    for failing in (absent, {"op": "test", "path": "/metadata/labels/missing/deeper", "value": None},
+                    {"op": "test", "path": "/metadata/annotations/keep", "value": "not me"}):
+        with pytest.raises(UnprocessableEntityException) as exc:
+            v1.patch_node("n1", [failing, {"op": "add", "path": "/spec/unschedulable", "value": True}])
+        assert status_of(exc.value)["message"] == JSON_PATCH_NOT_APPLIED  # the library's error is dropped
+    assert fake.node("n1")["spec"].get("unschedulable") is None  # nothing applied
+    assert json_patch({"a": {}}, [{"op": "test", "path": "/a/b", "value": None}]) == {"a": {}}
+    with pytest.raises(Exception, match="test operation does not apply: is missing path: /x/b"):
+        json_patch({"a": {}}, [{"op": "test", "path": "/x/b", "value": None}])
+
+
+def kube(fk: FakeKube, tmp_path: Path) -> Kube:
+    return Kube(make_api(fk, tmp_path / "kubeconfig-agent"), "n1")
+
+
+def churn(fk: FakeKube, stop: threading.Event, every: float) -> threading.Thread:
+    """The kubelet's status updates: a new resourceVersion every ``every`` seconds."""
+    def beat() -> None:
+        n = 0
+        while not stop.wait(every):
+            n += 1
+            fk.mutate("n1", lambda node, n=n: node["status"].update(heartbeat=str(n)))
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_node_writes_land_on_a_busy_node(fake: FakeKube, tmp_path: Path) -> None:
+    """Issue 9 item 8: status updates every 100 ms and 150 ms of PATCH latency. A precondition on the
+    whole object's version loses every race; the agent's precondition is on its own data."""
+    agent = kube(fake, tmp_path)
+    me = journal.Holder("pod-a", "token-a")
+    stop = threading.Event()
+    thread = churn(fake, stop, 0.1)
+    fake.fail("PATCH", path="/nodes/n1$", status=None, delay=0.15, times=10)
+    try:
+        for decide in (lambda n: journal.cordon(n, me, journal.now_rfc3339()),
+                       lambda n: journal.advance(n, "PruningAll", me, journal.now_rfc3339()),
+                       lambda n: journal.release(n, me, journal.now_rfc3339())):
+            seen = agent.read()
+            agent.write(seen, decide(seen))  # no retry: the first attempt lands
+            assert fake.node("n1")["metadata"]["resourceVersion"] != seen.resource_version
+    finally:
+        stop.set()
+        thread.join(5)
+    node = fake.node("n1")
+    assert node["spec"].get("unschedulable") is None and node["metadata"]["annotations"]["keep"] == "me"
+    assert journal.decode(node["metadata"]["annotations"][STATE_KEY]).state == "Idle"
+    patches = [r for r in fake.requests if r.method == "PATCH"]
+    assert len(patches) == 3 and all(r.content_type == "application/json-patch+json" for r in patches)
+
+
+def test_a_changed_journal_or_cordon_fails_the_write(fake: FakeKube, tmp_path: Path) -> None:
+    agent = kube(fake, tmp_path)
+    me = journal.Holder("pod-a", "token-a")
+    seen = agent.read()
+    cordon = journal.cordon(seen, me, journal.now_rfc3339())
+    assert isinstance(cordon, Patch)
+    fake.mutate("n1", lambda node: node["spec"].update(unschedulable=True))  # an administrator's cordon
+    with pytest.raises(NodeChanged, match="n1 changed since it was read"):
+        agent.write(seen, cordon)
+    fake.mutate("n1", lambda node: node["spec"].update(unschedulable=False))
+    fake.mutate("n1", lambda node: node["metadata"]["annotations"].update({STATE_KEY: "someone else's"}))
+    with pytest.raises(NodeChanged):
+        agent.write(seen, cordon)
+    assert fake.node("n1")["metadata"]["annotations"][STATE_KEY] == "someone else's"
+    assert fake.node("n1")["spec"].get("unschedulable") is None
+
+
+def test_a_node_without_annotations_is_written_with_a_version_precondition(fake: FakeKube,
+                                                                          tmp_path: Path) -> None:
+    # A JSON patch cannot create the map without replacing it whole; this rare node (kubelets annotate
+    # theirs) gets a merge patch conditional on the resourceVersion instead.
+    fake.mutate("n1", lambda node: node["metadata"].pop("annotations"))
+    agent = kube(fake, tmp_path)
+    seen = agent.read()
+    assert seen.annotations == {}
+    cordon = journal.cordon(seen, journal.Holder("pod-a", "token-a"), journal.now_rfc3339())
+    assert isinstance(cordon, Patch)
+    fake.mutate("n1", lambda node: node["status"].update(heartbeat="1"))
+    with pytest.raises(ConflictException):
+        agent.write(seen, cordon)
+    agent.write(agent.read(), cordon)
+    request = last_request(fake, "PATCH")
+    assert request.content_type == "application/strategic-merge-patch+json"
+    assert request.body["metadata"]["resourceVersion"]
+    assert STATE_KEY in fake.node("n1")["metadata"]["annotations"]
 
 
 def test_strategic_merge_directives_unit() -> None:

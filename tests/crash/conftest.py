@@ -163,7 +163,7 @@ class Snap:
             return None
         try:
             return str(json.loads(raw)["state"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: a hostile journal
             return "<unreadable>"
 
     def journal(self) -> dict | None:
@@ -173,6 +173,15 @@ class Snap:
     def handed_back(self, unschedulable: bool) -> bool:
         return (self.unschedulable == unschedulable and self.state in (None, "Idle")
                 and LEGACY_ANNOTATION not in self.annotations)
+
+
+def spec_changes(body: Any) -> list[tuple[str, Any]]:
+    """What a node PATCH body changes under spec, as (path, value); a JSON patch's tests only read."""
+    if isinstance(body, list):
+        return [(op["path"], op.get("value")) for op in body
+                if op.get("op") != "test" and str(op.get("path", "")).startswith("/spec")]
+    spec = body.get("spec") if isinstance(body, dict) else None
+    return [(f"/spec/{key}", value) for key, value in (spec or {}).items()]
 
 
 def snap(node: dict, t: float | None = None) -> Snap:

@@ -1,12 +1,15 @@
-"""What a starting agent finds on the node: docker-image-cleaner's cordon, an unreadable journal."""
+"""What a starting agent finds on the node: docker-image-cleaner's cordon, an unreadable journal, a
+hostile one."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 from fsm_cleaner.journal import ANNOTATION, LEGACY_ANNOTATION
-from tests.conftest import agent_env
-from tests.crash.conftest import Row, make_scene
+from tests.conftest import NODE, REPO, agent_env
+from tests.crash.conftest import Row, image_exists, make_scene
 
 
 def test_old_cleaners_cordon_is_undone(docker_bed, fake, tmp_path, agents, row: Row) -> None:
@@ -51,3 +54,28 @@ def test_unreadable_journal_is_kept_until_a_cycle_succeeds(docker_bed, fake, tmp
     entry = scene.watch.last().journal()
     assert entry["was_unschedulable"] is True and entry["cordoned_by_us"] is False
     row.note = "stays cordoned (by whom is unknown): uncordon by hand"
+
+
+HOSTILE = "[" * 50_000 + "]" * 50_000  # 100 KB of nested arrays: json.loads would hit RecursionError
+
+
+def test_a_hostile_journal_does_not_stop_cleaning(docker_bed, fake, tmp_path, agents, row: Row) -> None:
+    row.case = "hostile journal: 100 KB of nested arrays on a schedulable node; `status` while it is there"
+    scene = make_scene(docker_bed, fake, tmp_path, annotations={ANNOTATION: HOSTILE})
+    status = subprocess.run([sys.executable, "-m", "fsm_cleaner", "status", "--node-name", NODE],
+                            env=scene.env(), cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stderr
+    assert "journal:      UNREADABLE" in status.stdout and "(100000 characters)" in status.stdout
+    assert max(len(line) for line in status.stdout.splitlines()) < 400  # an excerpt, not the annotation
+    t0 = time.monotonic()
+    agent = agents(scene.env()).start()
+    assert agent.wait(60) == 0, agent.log
+    assert "PruningAll" in agent.states() and "cycle done" in agent.log, agent.log
+    assert "(100000 characters)" in agent.log and agent.count("Traceback") == 0, agent.log
+    assert max(len(line) for line in agent.log.splitlines()) < 1000  # logged as a bounded excerpt
+    assert not any(image_exists(scene.bed, i) for i in scene.old_images)
+    # the cordon was ours (the node was schedulable): written over the hostile value, then handed back
+    assert scene.watch.records[1].state == "Cordoning" and scene.watch.records[1].unschedulable
+    row.invariants = ["status exits 0 with an excerpt", "logged as an excerpt", "a full cycle, exit 0",
+                      *scene.check_handed_back()]
+    row.note = f"the journal is replaced by the cycle's own; run --once took {agent.exited_at - t0:.1f} s"
