@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the Kubernetes client is imported only when a node name is 
     from .kube import Kube
     from .node import Node, NodeApi
     from .runtime import Runtime
+    from .tracking import UseTracking
     from .usage import Disk
 
 log = logging.getLogger("fsm_cleaner")
@@ -86,14 +87,18 @@ def _kube(node_name: str | None, namespace: str = "default") -> Kube | None:
 
 
 def build_agent(cfg: config.Config, runtime: Runtime, kube: NodeApi | None, *,
-                clock: Clock | None = None, disk: Disk | None = None) -> Agent:
+                clock: Clock | None = None, disk: Disk | None = None,
+                uses: UseTracking | None = None) -> Agent:
     """Choose, once, what the agent talks to: a runtime that prunes or one that only lists (dry run),
-    a node that is written to or a stand-in that says why nothing is."""
+    a node that is written to or a stand-in that says why nothing is, a use history (by default one in
+    memory that nothing feeds: images ranked by creation time)."""
     from .agent import Agent
     from .clock import RealClock
+    from .history import History
     from .node import DryRunNode, NoCluster, NodeWriter
     from .runtime import DryRun
     from .shutdown import Shutdown
+    from .tracking import UseTracking
 
     clock = clock or RealClock()
     shutdown = Shutdown(cfg.stop_timeout_seconds, clock)
@@ -102,7 +107,8 @@ def build_agent(cfg: config.Config, runtime: Runtime, kube: NodeApi | None, *,
         node = DryRunNode(kube, cfg, shutdown) if cfg.dry_run else NodeWriter(kube, cfg, shutdown)
     from . import disk as real_disk
 
-    return Agent(cfg, DryRun(runtime) if cfg.dry_run else runtime, node, shutdown, clock, disk or real_disk)
+    return Agent(cfg, DryRun(runtime) if cfg.dry_run else runtime, node, shutdown, clock, disk or real_disk,
+                 uses or UseTracking(History()))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -111,14 +117,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = config.load(**overrides)
     _logging(cfg.log_level)
     kube = _kube(cfg.node_name, cfg.events_namespace)
-    from .docker_runtime import Docker
+    import docker
 
-    agent = build_agent(cfg, Docker.from_env(cfg.timeout_seconds), kube)
+    from .docker_runtime import Docker
+    from .tracking import UseTracking
+
+    def connect() -> docker.APIClient:  # DOCKER_HOST etc. as the docker CLI reads them
+        return docker.from_env(timeout=int(cfg.timeout_seconds)).api
+
+    uses = UseTracking.for_docker(cfg, connect)
+    agent = build_agent(cfg, Docker(connect), kube, uses=uses)
     agent.shutdown.install_signal_handlers()
     log.info("fsm-cleaner starting: node %s, path %s, %s threshold high %s low %s, interval %g s%s",
              cfg.node_name or "(none: no cluster)", cfg.path_to_check, cfg.threshold_type,
              cfg.threshold_high, cfg.threshold_low, cfg.interval_seconds, ", DRY RUN" if cfg.dry_run else "")
-    return agent.run(once=args.once)
+    uses.start()  # the event watcher: a thread of its own, never in the machine's way
+    try:
+        return agent.run(once=args.once)
+    finally:
+        uses.stop()
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -59,6 +59,11 @@ SETTINGS: tuple[Setting, ...] = (
     # retention and build cache (issues 9 and 10)
     Setting("MIN_AGE", "30m", "images and build cache younger than this stay (seconds, or 90s, 30m, 2h, 1d)",
             False),
+    # retention: the use history and the keep list (issue 10)
+    Setting("STATE_DIR", "/var/lib/fsm-cleaner", "directory of the use history (history.json); unwritable: "
+            "kept in memory only", False),
+    Setting("KEEP", None, "images never removed: comma-separated reference patterns (quay.io/jupyterhub/*)",
+            False),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -85,6 +90,9 @@ class Config:
     dry_run: bool
     log_level: str
     min_age_seconds: float
+    # retention (issue 10)
+    state_dir: str
+    keep: tuple[str, ...]
 
     @property
     def unit(self) -> str:
@@ -177,6 +185,33 @@ def _duration(var: str, raw: str) -> float:
         raise ConfigError(f"{var}={raw!r} is not a duration; accepted: seconds (e.g. 1800) or a duration "
                           "such as 90s, 30m, 2h, 1h30m, 1d")
     return value
+
+
+def _absolute_path(var: str, raw: str) -> str:
+    path = raw.strip()
+    if not os.path.isabs(path) or "\0" in path:
+        raise ConfigError(f"{var}={raw!r} is not an absolute path; accepted: a directory such as "
+                          "/var/lib/fsm-cleaner (created if missing)")
+    return os.path.normpath(path)
+
+
+# A reference as Docker writes it ([registry[:port]/]name[:tag][@digest]) with shell wildcards * ? [...]
+_PATTERN = re.compile(r"[a-z0-9*?\[\]!._/-]+(:[\w*?\[\]!.-]+)?(@[\w*?\[\]!:.-]+)?")
+
+
+def _patterns(var: str, raw: str) -> tuple[str, ...]:
+    """Comma-separated image reference patterns, e.g. ``quay.io/jupyterhub/*, busybox:1.36``."""
+    patterns = tuple(p.strip() for p in raw.split(","))
+    for p in patterns:
+        # a registry's port (localhost:5000/app) is the one colon before the last slash
+        name = p.rsplit("/", 1)
+        bare = f"{re.sub(r':[0-9*?]+$', '', name[0])}/{name[1]}" if len(name) == 2 else p
+        if not _PATTERN.fullmatch(bare) or p.count("[") != p.count("]"):
+            raise ConfigError(
+                f"{var}={raw!r} has the pattern {p!r}, which no image reference can match; accepted: "
+                "comma-separated references with shell wildcards, lower-case before the tag, e.g. "
+                "quay.io/jupyterhub/*, busybox (every tag), python:3.1?, localhost:5000/app")
+    return patterns
 
 
 def _bool(var: str, raw: str) -> bool:
@@ -285,4 +320,6 @@ def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         dry_run=get("DRY_RUN", _bool),
         min_age_seconds=get("MIN_AGE", _duration),
         log_level=get("LOG_LEVEL", lambda v, r: _choice(v, r, ("debug", "info", "warning", "error"))).upper(),
+        state_dir=get("STATE_DIR", _absolute_path),
+        keep=get("KEEP", _patterns) or (),
     )
