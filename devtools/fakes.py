@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import select
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -21,6 +22,7 @@ from fsm_cleaner.blocking import Pod
 from fsm_cleaner.disk import FsStats
 from fsm_cleaner.journal import NodeView, Patch
 from fsm_cleaner.kube import NodeGone
+from fsm_cleaner.plan import ImageRecord
 from fsm_cleaner.runtime import Image, Removed
 
 
@@ -91,8 +93,9 @@ class FakeRuntime:
     removed: list[str] = field(default_factory=list)
     _created: itertools.count = field(default_factory=lambda: itertools.count(1_700_000_000))
 
-    def add_image(self, id: str, size: int, *tags: str, parent: str = "") -> Image:
-        image = Image(id, next(self._created), size, tuple(tags))
+    def add_image(self, id: str, size: int, *tags: str, parent: str = "",
+                  created: int | None = None) -> Image:
+        image = Image(id, next(self._created) if created is None else created, size, tuple(tags))
         self.store[id] = image
         if parent:
             self.parents[id] = parent
@@ -104,8 +107,10 @@ class FakeRuntime:
     def stored_bytes(self) -> int:
         return sum(i.size for i in self.store.values()) + sum(c.size for c in self.containers)
 
-    def _dangling(self) -> list[Image]:
-        return [i for i in self.store.values() if not i.tags and i.id not in self.parents.values()]
+    def _dangling(self, older_than: float = 0) -> list[Image]:
+        cutoff = time.time() - older_than
+        return [i for i in self.store.values()
+                if not i.tags and i.id not in self.parents.values() and i.created < cutoff]
 
     def ping(self) -> None:
         self.faults("ping")
@@ -121,28 +126,32 @@ class FakeRuntime:
         self.containers = [c for c in self.containers if c.running]
         return Removed(len(stopped), sum(c.size for c in stopped))
 
-    def dangling_images(self) -> list[Image]:
+    def dangling_images(self, older_than: float) -> list[Image]:
         self.faults("dangling_images")
-        return self._dangling()
+        return self._dangling(older_than)
 
-    def prune_dangling(self) -> Removed:
+    def prune_dangling(self, older_than: float) -> Removed:
         self.faults("prune_dangling")
-        gone = self._dangling()
+        gone = self._dangling(older_than)
         for image in gone:
             self._delete(image.id)
         return Removed(len(gone), sum(i.size for i in gone))
 
-    def images(self) -> list[Image]:
-        self.faults("images")
-        return list(self.store.values())
+    def image_records(self, *, running_only: bool = False) -> list[ImageRecord]:
+        """As Docker's /system/df lists them: untagged parents (intermediates) left out; no shared
+        layers here, so an image's unique bytes are its size."""
+        self.faults("image_records")
+        in_use = {c.image for c in self.containers if c.running or not running_only}
+        listed = {i for i, image in self.store.items() if image.tags or i not in self.parents.values()}
 
-    def images_in_use(self) -> set[str]:
-        self.faults("images_in_use")
-        return {c.image for c in self.containers}
+        def nearest_listed(image_id: str) -> str:
+            parent = self.parents.get(image_id, "")
+            while parent and parent not in listed:
+                parent = self.parents.get(parent, "")
+            return parent
 
-    def image_parents(self) -> dict[str, str]:
-        self.faults("image_parents")
-        return dict(self.parents)
+        return [ImageRecord(i.id, i.tags, nearest_listed(i.id), float(i.created), in_use=i.id in in_use,
+                            size=i.size, unique=i.size) for i in self.store.values() if i.id in listed]
 
     def remove_image(self, image: Image) -> str | None:
         self.faults("remove_image")

@@ -6,7 +6,10 @@ a node that is written to or a stand-in. The handlers do not ask which.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -20,9 +23,10 @@ from .heartbeat import Heartbeat
 from .node import Node
 from .report import Cycle, Report, describe
 from .retry import short_error
-from .runtime import Removed, Runtime
+from .runtime import Image, Removed, Runtime
 from .shutdown import Shutdown, StopRequested
 from .step import StepFailed
+from .tracking import UseTracking
 from .usage import Disk, Meter
 
 log = logging.getLogger("fsm_cleaner")
@@ -34,9 +38,10 @@ CRITICAL_LEVEL: float | None = None
 
 class Agent:
     def __init__(self, cfg: Config, runtime: Runtime, node: Node, shutdown: Shutdown, clock: Clock,
-                 disk: Disk, pods: Pods):
+                 disk: Disk, pods: Pods, uses: UseTracking):
         self.cfg = cfg
         self.runtime = runtime
+        self.uses = uses
         self.node = node
         self.shutdown = shutdown
         self.clock = clock
@@ -87,6 +92,7 @@ class Agent:
 
     def on_enter_PruningContainers(self, _: Any) -> None:
         self.node.journal("PruningContainers")
+        self._runtime("PruningContainers", self.uses.before_container_prune)
         found = self._runtime("PruningContainers", self.runtime.prune_containers)
         self.report.tally(found, f"{found.count} stopped containers", "container", "stopped")
         self.blocking_pods = self._runtime("PruningContainers", self.pods.list)
@@ -98,7 +104,9 @@ class Agent:
 
     def on_enter_PruningDangling(self, _: Any) -> None:
         self.node.journal("PruningDangling")
-        found = self._runtime("PruningDangling", self.runtime.prune_dangling)
+        # only those older than MIN_AGE: a build in progress has committed an untagged image of its own
+        min_age = self.cfg.min_age_seconds
+        found = self._runtime("PruningDangling", lambda: self.runtime.prune_dangling(min_age))
         self.report.tally(found, f"{found.count} dangling images", "dangling", "dangling")
         self.cycle.dangling_found = found.count > 0
         self.cycle.usage = self.meter.measure()
@@ -106,23 +114,32 @@ class Agent:
     def on_enter_PruningAll(self, _: Any) -> None:
         self.node.journal("PruningAll")
         rt = self.runtime
-        images, in_use, parents = self._runtime("PruningAll", lambda: (
-            rt.images(), rt.images_in_use(), rt.image_parents()))
-        order = plan.removal_order(images, in_use, parents)
-        self.report.removal_plan(len(order), len(images))
-        for n, image in enumerate(order):
+        records = self._runtime("PruningAll", rt.image_records)
+        uses = self.uses.snapshot()
+        images = [dataclasses.replace(r, last_used=uses[r.id].last_used, uses=uses[r.id].count)
+                  if r.id in uses else r for r in records]
+        to_free = self._bytes_to_free()
+        chosen = plan.plan_removals(images, to_free, self.cfg.keep, self.cfg.min_age_seconds, time.time())
+        self.report.removal_plan(chosen, len(images), to_free)
+        refused = 0
+        for n, removal in enumerate(chosen.removals):
             if self.cfg.threshold_low is not None and plan.clean_enough(self.cycle.usage, self.cfg):
                 break
             if n and self.cfg.delay_seconds:
                 self.shutdown.pause(self.cfg.delay_seconds)
-            name = ", ".join(image.tags) or image.id[:19]
-            why_not = self._runtime("PruningAll", lambda image=image: rt.remove_image(image))
+            image = removal.image
+            what = f"image {plan.name(image)} [{removal.why}: {removal.detail}]"
+            why_not = self._runtime("PruningAll", lambda i=image: rt.remove_image(
+                Image(i.id, int(i.created), i.size, i.refs)))
             if why_not:
-                log.info("image %s not removed: %s", name, why_not)
+                log.info("%s not removed: %s", what, why_not)
+                refused += 1
                 continue
-            self.report.tally(Removed(1, image.size), f"image {name}", "image", "least needed")
-            self.cycle.usage = self.meter.after_removal(self.cycle.usage, image.size)
+            self.report.tally(Removed(1, image.unique), what, "image", removal.why)
+            self.cycle.usage = self.meter.after_removal(self.cycle.usage, image.unique)
             self.heartbeat.beat()
+        if not plan.clean_enough(self.cycle.usage, self.cfg):
+            self.report.short_of_target(chosen, refused)
 
     def on_enter_Uncordoning(self, event: Any) -> None:
         if event.transition.source == "Idle":  # the uncordon owed by a cycle whose uncordon failed
@@ -200,6 +217,18 @@ class Agent:
     def _runtime(self, name: str, fn: Callable[[], T]) -> T:
         with self.shutdown.stoppable():
             return step.run(self.cfg, self.shutdown, name, fn)
+
+    def _bytes_to_free(self) -> float:
+        """What the plan must free to reach THRESHOLD_LOW; unset: everything unused goes (the old tool).
+        In relative mode the percentage is of the disk's bytes (when inodes are the fuller, bytes stand
+        in for them: the plan is then long, and the re-measurement after each removal stops it)."""
+        low, usage = self.cfg.threshold_low, self.cycle.usage
+        if low is None:
+            return math.inf
+        if self.cfg.threshold_type == "absolute":
+            return max(usage - low, 0.0)
+        total = self.cycle.before.total_bytes if self.cycle.before else 0
+        return max(usage - low, 0.0) / 100 * total
 
     def _summary(self) -> None:
         self.report.summary(self.meter.now())

@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # the Kubernetes client is imported only when a node name is 
     from .kube import Kube
     from .node import Node, NodeApi
     from .runtime import Runtime
+    from .tracking import UseTracking
     from .usage import Disk
 
     class ClusterApi(NodeApi, PodApi, Protocol):
@@ -106,16 +107,20 @@ def _kube(node_name: str | None, namespace: str = "default") -> Kube | None:
 
 
 def build_agent(cfg: config.Config, runtime: Runtime, kube: ClusterApi | None, *,
-                clock: Clock | None = None, disk: Disk | None = None) -> Agent:
+                clock: Clock | None = None, disk: Disk | None = None,
+                uses: UseTracking | None = None) -> Agent:
     """Choose, once, what the agent talks to: a runtime that prunes or one that only lists (dry run),
-    a node that is written to or a stand-in that says why nothing is, pods listed or none."""
+    a node that is written to or a stand-in that says why nothing is, pods listed or none, a use history
+    (by default one in memory that nothing feeds: images ranked by creation time)."""
     from .agent import Agent
     from .blocking import NoSelector, PodsOnNode
     from .clock import RealClock
+    from .history import History
     from .kube import CONNECT_TIMEOUT
     from .node import DryRunNode, NoCluster, NodeWriter
     from .runtime import DryRun
     from .shutdown import Shutdown
+    from .tracking import UseTracking
 
     clock = clock or RealClock()
     shutdown = Shutdown(cfg.stop_timeout_seconds, clock)
@@ -129,7 +134,7 @@ def build_agent(cfg: config.Config, runtime: Runtime, kube: ClusterApi | None, *
     from . import disk as real_disk
 
     return Agent(cfg, DryRun(runtime) if cfg.dry_run else runtime, node, shutdown, clock, disk or real_disk,
-                 pods)
+                 pods, uses or UseTracking(History()))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -143,14 +148,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         metrics.serve(cfg.metrics_port, cfg.metrics_address)
         log.info("metrics at http://%s/metrics", _host_port(cfg.metrics_address, cfg.metrics_port))
     kube = _kube(cfg.node_name, cfg.events_namespace)
-    from .docker_runtime import Docker
+    import docker
 
-    agent = build_agent(cfg, Docker.from_env(cfg.timeout_seconds), kube)
+    from .docker_runtime import Docker
+    from .tracking import UseTracking
+
+    def connect() -> docker.APIClient:  # DOCKER_HOST etc. as the docker CLI reads them
+        return docker.from_env(timeout=int(cfg.timeout_seconds)).api
+
+    uses = UseTracking.for_docker(cfg, connect)
+    agent = build_agent(cfg, Docker(connect), kube, uses=uses)
     agent.shutdown.install_signal_handlers()
     log.info("fsm-cleaner starting: node %s, path %s, %s threshold high %s low %s, interval %g s%s",
              cfg.node_name or "(none: no cluster)", cfg.path_to_check, cfg.threshold_type,
              cfg.threshold_high, cfg.threshold_low, cfg.interval_seconds, ", DRY RUN" if cfg.dry_run else "")
-    return agent.run(once=args.once)
+    uses.start()  # the event watcher: a thread of its own, never in the machine's way
+    try:
+        return agent.run(once=args.once)
+    finally:
+        uses.stop()
 
 
 def _host_port(address: str, port: int) -> str:

@@ -69,6 +69,11 @@ SETTINGS: tuple[Setting, ...] = (
     # blocking pods (issue 11)
     Setting("BLOCKING_POD_SELECTOR", None, "label selector of pods while which (on this node) images, "
             "dangling images and build cache stay, e.g. component=binderhub-build; unset: none", False),
+    # retention: the use history and the keep list (issue 10)
+    Setting("STATE_DIR", "/var/lib/fsm-cleaner", "directory of the use history (history.json); unwritable: "
+            "kept in memory only", False),
+    Setting("KEEP", None, "images never removed: comma-separated reference patterns (quay.io/jupyterhub/*)",
+            False),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -100,6 +105,9 @@ class Config:
     metrics_address: str
     # blocking pods (issue 11)
     blocking_pod_selector: str | None
+    # retention (issue 10)
+    state_dir: str
+    keep: tuple[str, ...]
 
     @property
     def unit(self) -> str:
@@ -212,6 +220,8 @@ def _address(var: str, raw: str) -> str:
     except ValueError:
         raise ConfigError(f"{var}={raw!r} is not an IP address; accepted: an IPv4 or IPv6 address, e.g. "
                           "0.0.0.0 (every IPv4 interface), :: (every interface) or 127.0.0.1") from None
+
+
 def _label_selector(var: str, raw: str) -> str | None:
     try:
         selector.parse(raw)
@@ -220,6 +230,33 @@ def _label_selector(var: str, raw: str) -> str | None:
                           "selector such as component=binderhub-build, 'app in (build,push)', '!ci' or "
                           "tier!=web (requirements separated by commas, all must hold)") from None
     return raw.strip() or None
+
+
+def _absolute_path(var: str, raw: str) -> str:
+    path = raw.strip()
+    if not os.path.isabs(path) or "\0" in path:
+        raise ConfigError(f"{var}={raw!r} is not an absolute path; accepted: a directory such as "
+                          "/var/lib/fsm-cleaner (created if missing)")
+    return os.path.normpath(path)
+
+
+# A reference as Docker writes it ([registry[:port]/]name[:tag][@digest]) with shell wildcards * ? [...]
+_PATTERN = re.compile(r"[a-z0-9*?\[\]!._/-]+(:[\w*?\[\]!.-]+)?(@[\w*?\[\]!:.-]+)?")
+
+
+def _patterns(var: str, raw: str) -> tuple[str, ...]:
+    """Comma-separated image reference patterns, e.g. ``quay.io/jupyterhub/*, busybox:1.36``."""
+    patterns = tuple(p.strip() for p in raw.split(","))
+    for p in patterns:
+        # a registry's port (localhost:5000/app) is the one colon before the last slash
+        name = p.rsplit("/", 1)
+        bare = f"{re.sub(r':[0-9*?]+$', '', name[0])}/{name[1]}" if len(name) == 2 else p
+        if not _PATTERN.fullmatch(bare) or p.count("[") != p.count("]"):
+            raise ConfigError(
+                f"{var}={raw!r} has the pattern {p!r}, which no image reference can match; accepted: "
+                "comma-separated references with shell wildcards, lower-case before the tag, e.g. "
+                "quay.io/jupyterhub/*, busybox (every tag), python:3.1?, localhost:5000/app")
+    return patterns
 
 
 def _bool(var: str, raw: str) -> bool:
@@ -337,4 +374,6 @@ def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         metrics_port=get("METRICS_PORT", _port),
         metrics_address=get("METRICS_ADDRESS", _address),
         blocking_pod_selector=blocking_pod_selector,
+        state_dir=get("STATE_DIR", _absolute_path),
+        keep=get("KEEP", _patterns) or (),
     )

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import docker
 import docker.errors
 
+from .plan import ImageRecord
 from .runtime import Image, Removed
 
 _STOPPED = {"status": ["exited", "created", "dead"]}
+_LEFT_BY_PRUNE = {"running", "paused", "restarting"}  # the states `docker container prune` leaves
 
 
 class Docker:
@@ -43,12 +46,13 @@ class Docker:
         result = self.api.prune_containers()
         return Removed(len(result.get("ContainersDeleted") or []), result.get("SpaceReclaimed") or 0)
 
-    def dangling_images(self) -> list[Image]:
-        return self._images(self.api.images(filters={"dangling": True}))
+    def dangling_images(self, older_than: float) -> list[Image]:
+        cutoff = time.time() - older_than  # as the prune's `until` filter compares it, to Created
+        return [i for i in self._images(self.api.images(filters={"dangling": True})) if i.created < cutoff]
 
-    def prune_dangling(self) -> Removed:
-        before = {i.id for i in self.dangling_images()}
-        result = self.api.prune_images(filters={"dangling": True})
+    def prune_dangling(self, older_than: float) -> Removed:
+        before = {i.id for i in self.dangling_images(older_than)}
+        result = self.api.prune_images(filters={"dangling": True, "until": f"{older_than:.0f}s"})
         deleted = {d["Deleted"] for d in result.get("ImagesDeleted") or [] if "Deleted" in d}
         return Removed(len(before & deleted), result.get("SpaceReclaimed") or 0)
 
@@ -103,6 +107,36 @@ class Docker:
         if users:
             return f"in use by container {', '.join(users)} (seen right before removal)"
         return None
+
+    def image_records(self, *, running_only: bool = False) -> list[ImageRecord]:
+        """Images, their unique bytes and the containers using them from one /system/df (slow on a large
+        store: the agent calls it once per cycle), parents from one image listing."""
+        df = self.api.df()
+        parent_of = self.image_parents()
+        in_use = {c["ImageID"] for c in df.get("Containers") or []
+                  if not running_only or c.get("State") in _LEFT_BY_PRUNE}
+        rows = df.get("Images") or []
+        listed = {r["Id"] for r in rows}
+
+        def nearest_listed(image_id: str) -> str:
+            parent, hops = parent_of.get(image_id, ""), 0
+            while parent and parent not in listed and hops < len(parent_of):  # bounded on a cycle
+                parent, hops = parent_of.get(parent, ""), hops + 1
+            return parent if parent in listed else ""
+
+        records = []
+        for r in rows:
+            size, shared = int(r.get("Size") or 0), int(r.get("SharedSize") or 0)
+            records.append(ImageRecord(
+                id=r["Id"],
+                refs=tuple(t for t in r.get("RepoTags") or () if t != "<none>:<none>"),
+                parent=nearest_listed(r["Id"]),
+                created=float(r.get("Created") or 0),
+                in_use=r["Id"] in in_use,
+                size=size,
+                unique=max(size - max(shared, 0), 0),  # SharedSize -1: not computed
+            ))
+        return records
 
     @staticmethod
     def _images(rows: list[dict]) -> list[Image]:

@@ -106,23 +106,38 @@ STATES: tuple[StateDoc, ...] = (
     StateDoc(
         name="PruningDangling",
         may_hold_cordon=True,
-        doing="Removing dangling (untagged) images (docker image prune).",
+        doing="Removing dangling (untagged) images created more than MIN_AGE ago (docker image prune "
+              "--filter until=MIN_AGE). Younger ones stay: a build in progress commits each step as an "
+              "untagged image, dangling until the build tags its result, and pruning it would break the "
+              "build.",
         takes="seconds to a minute",
         cordoned="yes, if the node was schedulable before the cycle",
         if_killed="The next start uncordons (journal says PruningDangling).",
-        if_stuck="As for PruningContainers.",
+        if_stuck="As for PruningContainers. Dangling images that stay are younger than MIN_AGE "
+                 "(`docker images -f dangling=true` shows their age); the next cycle takes them.",
         journal="PruningDangling.",
     ),
     StateDoc(
         name="PruningAll",
         may_hold_cordon=True,
-        doing="Removing images no container uses, oldest first, one at a time with DELAY_SECONDS between "
-              "them, until usage is at or below the target.",
-        takes="seconds to minutes (one image per DELAY_SECONDS)",
+        doing="Removing images by a plan made first (one /system/df listing and the use history in "
+              "STATE_DIR): dangling, then superseded by a newer image of the same repository, then the "
+              "least likely needed (uses / sqrt(hours idle + 0.5)), children before parents, one at a time "
+              "with DELAY_SECONDS between them, until usage is at or below THRESHOLD_LOW (unset: every image "
+              "that may go). Never removed: an image a container uses, one younger than MIN_AGE, one "
+              "matching KEEP, the parents of these. Each removal is logged with its reason, and what "
+              "stays in one line of counts by reason.",
+        takes="seconds to minutes (one image per DELAY_SECONDS; /system/df can take seconds on a large "
+              "store)",
         cordoned="yes, if the node was schedulable before the cycle",
-        if_killed="The next start uncordons (journal says PruningAll).",
+        if_killed="The next start uncordons (journal says PruningAll). The use history is saved before "
+                  "stopped containers are pruned and every 30 s, atomically: a kill leaves the old file or "
+                  "the new one.",
         if_stuck="Long runs mean many images: lower DELAY_SECONDS or set THRESHOLD_LOW closer to "
-                 "THRESHOLD_HIGH. The agent stops removing and uncordons on SIGTERM, SIGINT or SIGHUP.",
+                 "THRESHOLD_HIGH. The agent stops removing and uncordons on SIGTERM, SIGINT or SIGHUP. "
+                 "The warning 'still above the target ... nothing else may go' names what holds the rest "
+                 "(in use, too young, kept): lower MIN_AGE or shorten KEEP, or the disk is simply too "
+                 "small for what runs on it.",
         journal="PruningAll, since = when the removals began (it is not rewritten per image).",
     ),
     StateDoc(

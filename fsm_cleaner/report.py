@@ -7,11 +7,14 @@ is subtracted from each measurement.
 from __future__ import annotations
 
 import logging
+import math
+from collections import Counter
 from dataclasses import dataclass
 
 from . import disk, metrics
 from .clock import Clock
 from .config import Config
+from .plan import RemovalPlan
 from .runtime import Removed
 
 log = logging.getLogger("fsm_cleaner")
@@ -85,11 +88,38 @@ class Report:
         log.info("usage %s is below the high threshold %s: nothing to do",
                  describe(self.cycle.usage, self.cfg), describe(self.cfg.threshold_high, self.cfg))
 
-    def removal_plan(self, removable: int, images: int) -> None:
-        metrics.record_skipped("in use", images - removable)  # used by a container, or a parent of one
-        log.info("%d of %d images can go; removing children before parents, oldest first, %s",
-                 removable, images, "until usage is at or below the target" if self.cfg.threshold_low
-                 is not None else "all of them (THRESHOLD_LOW unset, as docker-image-cleaner did)")
+    def removal_plan(self, chosen: RemovalPlan, images: int, to_free: float) -> None:
+        """The plan before anything goes: its size, then (dry run) each image, why, and its unique bytes;
+        and what stays and why, in one line. A real run logs each image as it removes it."""
+        target = ("all that may go (THRESHOLD_LOW unset, as docker-image-cleaner did)" if math.isinf(to_free)
+                  else f"{human_bytes(to_free)} to reach {describe(self.cfg.threshold_low or 0, self.cfg)}")
+        log.info("removal plan: %d of %d images, %s unique bytes; target: %s; order: dangling, superseded, "
+                 "then least likely needed (uses / sqrt(hours idle + 0.5)), children before parents",
+                 len(chosen.removals), images, human_bytes(chosen.unique_bytes), target)
+        if self.cfg.dry_run:
+            for n, r in enumerate(chosen.removals, 1):
+                log.info("plan %d. %s: %s (%s), %s unique", n, ", ".join(r.image.refs) or r.image.id[:19],
+                         r.why, r.detail, human_bytes(r.image.unique))
+        stays = Counter(s.why for s in chosen.skipped)
+        for why, n in stays.items():
+            metrics.record_skipped(why, n)
+        not_needed = images - len(chosen.removals) - len(chosen.skipped)
+        if not_needed:
+            stays["not needed for the target"] = not_needed
+        log.info("%d images stay: %s", sum(stays.values()),
+                 ", ".join(f"{n} {why}" for why, n in stays.most_common()) or "none")
+
+    def short_of_target(self, chosen: RemovalPlan, refused: int) -> None:
+        """Usage is still above the target and nothing more may go: said once per cycle, with why."""
+        stays = Counter(s.why for s in chosen.skipped)
+        if refused:
+            stays["refused by the runtime (see above)"] = refused
+        log.warning("usage %s is still above the target %s and nothing else may go: %s; see MIN_AGE and KEEP "
+                    "(the README's \"When the target cannot be reached\")",
+                    describe(self.cycle.usage, self.cfg),
+                    describe(self.cfg.threshold_low if self.cfg.threshold_low is not None
+                             else self.cfg.threshold_high, self.cfg),
+                    ", ".join(f"{n} {why}" for why, n in stays.most_common()) or "no image is left")
 
     def tally(self, found: Removed, what: str, kind: str, reason: str) -> None:
         """``found`` removed (or, in a dry run, found removable): ``kind`` and ``reason`` as metrics.KINDS
@@ -107,6 +137,8 @@ class Report:
         """The cycle's one-line summary; ``after`` is the filesystem now (None if unreadable)."""
         c, dry = self.cycle, self.cfg.dry_run
         freed = (c.before.used_bytes - after.used_bytes) if (after and c.before) else 0
+        if dry:  # nothing was removed: what the runtime says the removals would free
+            freed = c.reported_bytes
         inodes = (c.before.used_inodes - after.used_inodes) if (after and c.before) else 0
         took = self.clock.monotonic() - c.started
         result = "failed" if c.failed else "stopped" if c.stopped else "dry_run" if dry else "done"

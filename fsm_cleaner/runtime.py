@@ -6,7 +6,10 @@ A runtime is a port (docker_runtime.Docker implements it); a second runtime is a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:  # plan imports this module's Image; the records are plain data either way
+    from .plan import ImageRecord
 
 
 @dataclass(frozen=True)
@@ -33,30 +36,35 @@ class Runtime(Protocol):
     def prune_containers(self) -> Removed:
         """Remove every stopped container."""
 
-    def dangling_images(self) -> list[Image]:
-        """The untagged images that no other image builds on (a listing)."""
+    def dangling_images(self, older_than: float) -> list[Image]:
+        """The untagged images that no other image builds on, created at least ``older_than`` seconds
+        ago (a listing)."""
 
-    def prune_dangling(self) -> Removed:
-        """Remove the dangling images."""
+    def prune_dangling(self, older_than: float) -> Removed:
+        """Remove the dangling images created at least ``older_than`` seconds ago."""
 
-    def images(self) -> list[Image]:
-        """The top-level images."""
-
-    def images_in_use(self) -> set[str]:
-        """Image ids of every container, running or stopped."""
-
-    def image_parents(self) -> dict[str, str]:
-        """Parent id of every image that has one, intermediate images included."""
+    def image_records(self, *, running_only: bool = False) -> list[ImageRecord]:
+        """Every top-level image as the removal planner reads it (no use history: that is not the
+        runtime's): refs, created, size and unique bytes, in use by any container (``running_only``:
+        by the containers a container prune leaves), and ``parent`` = the nearest ancestor that is
+        itself listed (through untagged intermediates)."""
 
     def remove_image(self, image: Image) -> str | None:
         """Remove one image, never forced; None when this call removed it, else why it did not."""
 
 
 class DryRun:
-    """A runtime that only lists: each removal answers what the real one would have freed."""
+    """A runtime that only lists: each removal answers what the real one would have freed.
+
+    What it pretends to have pruned earlier in the cycle stays pretended: the images of the stopped
+    containers it "removed" are no longer in use, the dangling images it "pruned" are gone, so the
+    plan it lists is the one a real run would then make.
+    """
 
     def __init__(self, real: Runtime):
         self.real = real
+        self._pruned: set[str] = set()  # dangling images pruned in this cycle, in pretence
+        self._containers_pruned = False
 
     def ping(self) -> None:
         self.real.ping()
@@ -65,23 +73,22 @@ class DryRun:
         return self.real.stopped_containers()
 
     def prune_containers(self) -> Removed:
+        self._pruned, self._containers_pruned = set(), True  # a new cycle's pruning begins
         return self.real.stopped_containers()
 
-    def dangling_images(self) -> list[Image]:
-        return self.real.dangling_images()
+    def dangling_images(self, older_than: float) -> list[Image]:
+        return self.real.dangling_images(older_than)
 
-    def prune_dangling(self) -> Removed:
-        images = self.real.dangling_images()
-        return Removed(len(images), sum(i.size for i in images))
+    def prune_dangling(self, older_than: float) -> Removed:
+        """What Docker would report: the bytes only these images hold (its SpaceReclaimed)."""
+        dangling = {i.id for i in self.real.dangling_images(older_than)}
+        unique = {r.id: r.unique for r in self.real.image_records(running_only=self._containers_pruned)}
+        self._pruned |= dangling
+        return Removed(len(dangling), sum(unique.get(i, 0) for i in dangling))
 
-    def images(self) -> list[Image]:
-        return self.real.images()
-
-    def images_in_use(self) -> set[str]:
-        return self.real.images_in_use()
-
-    def image_parents(self) -> dict[str, str]:
-        return self.real.image_parents()
+    def image_records(self, *, running_only: bool = False) -> list[ImageRecord]:
+        records = self.real.image_records(running_only=running_only or self._containers_pruned)
+        return [r for r in records if r.id not in self._pruned]  # dangling: nobody's parent
 
     def remove_image(self, image: Image) -> str | None:
         return None

@@ -136,6 +136,10 @@ def agent_env(bed: DockerBed | None, tmp_path: Path, node: bool = True, **settin
         DOCKER_IMAGE_CLEANER_DELAY_SECONDS="0",
         FSM_CLEANER_RETRY_MAX_WAIT_SECONDS="0.5",
         FSM_CLEANER_UNCORDON_RETRY_SECONDS="20",
+        # images built a moment ago may go (MIN_AGE's 30 m would keep every one); the use history in
+        # the test's own directory, never the host's /var/lib/fsm-cleaner
+        FSM_CLEANER_MIN_AGE="0",
+        FSM_CLEANER_STATE_DIR=str(tmp_path / "state"),
     )
     env.pop("KUBECONFIG", None)
     if bed is not None:

@@ -246,7 +246,7 @@ SCENARIOS: list[Callable[[Bed], None]] = [
     fails_in("Cordoning", lambda b: b.api.faults.add("write", FORBIDDEN)),
     fails_in("PruningContainers", lambda b: b.runtime.faults.add("prune_containers", RuntimeError("boom"))),
     fails_in("PruningDangling", lambda b: b.runtime.faults.add("prune_dangling", RuntimeError("boom"))),
-    fails_in("PruningAll", lambda b: b.runtime.faults.add("images", RuntimeError("boom"))),
+    fails_in("PruningAll", lambda b: b.runtime.faults.add("image_records", RuntimeError("boom"))),
     stopped_in("Cordoning", lambda b: b.api.faults.add("write", b.stop)),
     stopped_in("PruningContainers", lambda b: b.runtime.faults.add("prune_containers", b.stop)),
     stopped_in("PruningDangling", lambda b: b.runtime.faults.add("prune_dangling", b.stop)),

@@ -270,7 +270,7 @@ def test_a_bug_in_a_state_hands_the_node_back(docker_bed: DockerBed, cluster: Cl
     fake = needs_fake(cluster)
     docker_bed.build_image("app:1", 20)
     env = above(docker_bed, tmp_path)
-    monkeypatch.setattr(plan, "removal_order", lambda *a: 1 / 0)
+    monkeypatch.setattr(plan, "plan_removals", lambda *a, **k: 1 / 0)
     api = client.CoreV1Api(kube_config.new_client_from_config(config_file=env["KUBECONFIG"]))
     agent = build_agent(config.load(env), Docker(lambda: docker_bed.client().api), Kube(api, NODE))
     with caplog.at_level("INFO", logger="fsm_cleaner"):
@@ -303,9 +303,6 @@ def test_dry_run_reports_and_touches_nothing(docker_bed: DockerBed, cluster: Clu
         assert [r.method for r in cluster.requests if r.method != "GET"] == []  # no write, no Event
 
 
-@pytest.mark.xfail(strict=True, reason="product bug, reported (issue 9): a dry run lists the dangling "
-                   "images again in PruningAll, keeps the images of the containers it would remove, and its "
-                   "summary's 'would free' is the measured 0 B, not a projection")
 def test_dry_run_projects_what_a_real_run_frees(docker_bed: DockerBed, cluster: Cluster, tmp_path) -> None:
     dry_run_scene(docker_bed)
     env = above(docker_bed, tmp_path)

@@ -199,8 +199,8 @@ def test_a_cycle_is_recorded_as_its_report_says(tmp_path: Path, node: bool) -> N
     assert delta(after, before, "fsm_cleaner_cycles_total") == 1
     assert delta(after, before, "fsm_cleaner_removed_objects_total", kind="container") == cycle.containers
     assert cycle.containers == 1
-    assert delta(after, before, "fsm_cleaner_removed_objects_total", kind="image",
-                 reason="least_needed") == cycle.images > 0
+    # by the planner's reasons (dangling, superseded, least needed): together, what the summary counts
+    assert delta(after, before, "fsm_cleaner_removed_objects_total", kind="image") == cycle.images > 0
     assert delta(after, before, "fsm_cleaner_reclaimed_bytes_total") == cycle.reported_bytes
     assert delta(after, before, "fsm_cleaner_removals_skipped_total", reason="in_use") == 1  # live:1
     assert delta(after, before, "fsm_cleaner_cycle_duration_seconds_count") == 1

@@ -85,11 +85,19 @@ def test_a_removal_docker_refuses_is_logged_not_counted_and_the_cycle_goes_on(
     """A container started on a planned image between the plan and its removal: the image stays."""
     bed = Bed(tmp_path)
     bed.fill()
-    first = min(bed.runtime.store.values(), key=lambda i: i.created)
-    bed.runtime.faults.add("remove_image", lambda: bed.runtime.add_container(first.id, running=True))
+    planned: list = []
+    remove = bed.runtime.remove_image
+
+    def container_appears_first(image):  # on the first image the plan removes, right before
+        if not planned:
+            planned.append(bed.runtime.store[image.id])
+            bed.runtime.add_container(image.id, running=True)
+        return remove(image)
+    bed.runtime.remove_image = container_appears_first
     with caplog.at_level("INFO", logger="fsm_cleaner"):
         assert bed.run() == 0
-    assert f"image {first.tags[0]} not removed: conflict" in caplog.text
+    [first] = planned
+    assert re.search(rf"image {re.escape(first.tags[0])} \[.*\] not removed: conflict", caplog.text)
     assert bed.runtime.store[first.id].tags == first.tags  # kept, with its tag
     removed = len(bed.runtime.removed)
     assert removed > 0 and f"removed 1 containers and {removed} images" in caplog.text
