@@ -43,6 +43,7 @@ class Cycle:
     cordoned_at: float | None = None
     cordon_seconds: float = 0.0
     dangling_found: bool = False
+    cache_found: bool = False  # PruningBuildCache removed entries
     failed: str | None = None
     stopped: bool = False  # cut short by SIGTERM/SIGINT
 
