@@ -19,11 +19,12 @@ from kubernetes.client.exceptions import ApiException
 
 from devtools.fakekube import labels_match, parse_label_selector
 from fsm_cleaner.blocking import Pod
+from fsm_cleaner.build_cache import CacheEntry, prunable
 from fsm_cleaner.disk import FsStats
 from fsm_cleaner.journal import NodeView, Patch
 from fsm_cleaner.kube import NodeGone
 from fsm_cleaner.plan import ImageRecord
-from fsm_cleaner.runtime import Image, Removed
+from fsm_cleaner.runtime import Image, Removed, Unsupported
 
 
 class Faults:
@@ -91,6 +92,9 @@ class FakeRuntime:
     containers: list[FakeContainer] = field(default_factory=list)
     faults: Faults = field(default_factory=Faults)
     removed: list[str] = field(default_factory=list)
+    cache: dict[str, CacheEntry] = field(default_factory=dict)  # the build cache, by id
+    has_build_cache: bool = True  # False: answers as Podman does (no build prune endpoint)
+    now: Callable[[], float] = time.time  # the wall clock the cache's last use is compared with
     _created: itertools.count = field(default_factory=lambda: itertools.count(1_700_000_000))
 
     def add_image(self, id: str, size: int, *tags: str, parent: str = "",
@@ -104,8 +108,14 @@ class FakeRuntime:
     def add_container(self, image: str, running: bool, size: int = 0) -> None:
         self.containers.append(FakeContainer(image, running, size))
 
+    def add_cache(self, id: str, size: int, idle: float, *, shared: bool = False,
+                  in_use: bool = False) -> None:
+        """A build cache entry last used ``idle`` seconds ago."""
+        self.cache[id] = CacheEntry(id, size, self.now() - idle, in_use=in_use, shared=shared)
+
     def stored_bytes(self) -> int:
-        return sum(i.size for i in self.store.values()) + sum(c.size for c in self.containers)
+        return (sum(i.size for i in self.store.values()) + sum(c.size for c in self.containers)
+                + sum(e.size for e in self.cache.values() if not e.shared))
 
     def _dangling(self, older_than: float = 0) -> list[Image]:
         cutoff = time.time() - older_than
@@ -163,6 +173,19 @@ class FakeRuntime:
             return "it is the parent of another image (seen right before removal)"
         self._delete(image.id)
         return None
+
+    def build_cache(self) -> list[CacheEntry]:
+        self.faults("build_cache")
+        return list(self.cache.values())
+
+    def prune_build_cache(self, min_age_seconds: float, keep_bytes: int) -> Removed:
+        self.faults("prune_build_cache")
+        if not self.has_build_cache:
+            raise Unsupported("the runtime has no build cache endpoint (POST /build/prune: 404)")
+        gone = prunable(list(self.cache.values()), self.now(), min_age_seconds, keep_bytes)
+        for entry in gone:
+            del self.cache[entry.id]
+        return Removed(len(gone), sum(e.size for e in gone))
 
     def _delete(self, id: str) -> None:
         del self.store[id]

@@ -23,7 +23,7 @@ from .heartbeat import Heartbeat
 from .node import Node
 from .report import Cycle, Report, describe
 from .retry import short_error
-from .runtime import Image, Removed, Runtime
+from .runtime import Image, Removed, Runtime, Unsupported
 from .shutdown import Shutdown, StopRequested
 from .step import StepFailed
 from .tracking import UseTracking
@@ -51,6 +51,7 @@ class Agent:
         self.meter = Meter(cfg, shutdown, self.report, disk)
         self.heartbeat = Heartbeat(cfg.heartbeat_file)
         self._entered = clock.monotonic()
+        self._no_build_cache = False  # the runtime said it has none: the state passes through
         self.machine = machine.build(self, before_state_change="_on_transition")
         self.state: str  # set by transitions
 
@@ -62,8 +63,10 @@ class Agent:
     def above_high_threshold(self, _: Any = None) -> bool:
         return plan.above_high(self.cycle.usage, self.cfg)
 
-    def dangling_freed_enough(self, _: Any = None) -> bool:
-        return self.cycle.dangling_found and plan.clean_enough(self.cycle.usage, self.cfg)
+    def freed_enough(self, _: Any = None) -> bool:
+        """The old tool's rule, generalised: the cheap prunes freed something, and that was enough."""
+        freed = self.cycle.dangling_found or self.cycle.cache_found
+        return freed and plan.clean_enough(self.cycle.usage, self.cfg)
 
     def removals_blocked(self, _: Any = None) -> bool:
         return blocking.removals_blocked(self.blocking_pods, self.cycle.usage, CRITICAL_LEVEL)
@@ -109,6 +112,27 @@ class Agent:
         found = self._runtime("PruningDangling", lambda: self.runtime.prune_dangling(min_age))
         self.report.tally(found, f"{found.count} dangling images", "dangling", "dangling")
         self.cycle.dangling_found = found.count > 0
+        self.cycle.usage = self.meter.measure()
+
+    def on_enter_PruningBuildCache(self, _: Any) -> None:
+        if self._no_build_cache:
+            return
+        self.node.journal("PruningBuildCache")
+        budget = self.cfg.build_cache_max.bytes(self.cycle.before.total_bytes if self.cycle.before else 0)
+
+        def prune() -> Removed | None:
+            try:
+                return self.runtime.prune_build_cache(self.cfg.min_age_seconds, budget)
+            except Unsupported as e:  # not a failure: nothing to prune there, now or later
+                log.info("PruningBuildCache skipped for the life of this process: %s", e)
+                self._no_build_cache = True
+                return None
+
+        found = self._runtime("PruningBuildCache", prune)
+        if found is None:
+            return
+        self.report.tally(found, f"{found.count} build cache entries", "build_cache", "unused")
+        self.cycle.cache_found = found.count > 0
         self.cycle.usage = self.meter.measure()
 
     def on_enter_PruningAll(self, _: Any) -> None:

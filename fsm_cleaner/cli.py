@@ -51,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     for s in SETTINGS:
         if s.name != "DRY_RUN":
             run.add_argument("--" + s.name.lower().replace("_", "-"), dest=s.name, metavar="VALUE",
-                             help=f"{s.help} (env {' or '.join(s.env_names)}; default {s.default})")
+                             help=f"{s.help} (env {' or '.join(s.env_names)}; default {s.default})"
+                             .replace("%", "%%"))  # argparse formats help with %
     status = sub.add_parser("status", help="print the node's journal; --all: every node's, a line each")
     status.add_argument("--node-name", dest="NODE_NAME", metavar="NODE")
     status.add_argument("--all", action="store_true",

@@ -74,6 +74,9 @@ SETTINGS: tuple[Setting, ...] = (
             "kept in memory only", False),
     Setting("KEEP", None, "images never removed: comma-separated reference patterns (quay.io/jupyterhub/*)",
             False),
+    # build cache (issue 10)
+    Setting("BUILD_CACHE_MAX", None, "build cache kept by a cycle: bytes (10Gi) or a share of the disk "
+            "(10%); unset: none beyond MIN_AGE", False),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -108,6 +111,7 @@ class Config:
     # retention (issue 10)
     state_dir: str
     keep: tuple[str, ...]
+    build_cache_max: Budget  # the build cache a cycle leaves (entries younger than MIN_AGE on top)
 
     @property
     def unit(self) -> str:
@@ -376,4 +380,35 @@ def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         blocking_pod_selector=blocking_pod_selector,
         state_dir=get("STATE_DIR", _absolute_path),
         keep=get("KEEP", _patterns) or (),
+        build_cache_max=get("BUILD_CACHE_MAX", _budget) or Budget(0),
     )
+
+
+# --- build cache (issue 10) ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Budget:
+    """Bytes, or a percentage of the disk under PATH_TO_CHECK (resolved when the disk is measured)."""
+
+    value: float
+    percent: bool = False
+
+    def bytes(self, disk_bytes: int) -> int:
+        return int(disk_bytes * self.value / 100 if self.percent else self.value)
+
+
+def _budget(var: str, raw: str) -> Budget:
+    text = raw.strip()
+    if text.endswith("%"):
+        value = _float(text[:-1])
+        if not 0 <= value <= 100:
+            raise ConfigError(f"{var}={raw!r} is not a percentage of the disk; accepted: 0% to 100%, "
+                              "e.g. 10%")
+        return Budget(value, percent=True)
+    match = _SIZE.match(text)
+    value = _float(match[1]) * _UNITS[(match[2] or "").lower()] if match else math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise ConfigError(f"{var}={raw!r} is not a size; accepted: bytes such as 10e9, optionally with a "
+                          "unit K, M, G, T (powers of 1000) or Ki, Mi, Gi, Ti (powers of 1024), e.g. 10Gi, "
+                          "or a percentage of the disk such as 10%")
+    return Budget(value)

@@ -4,15 +4,44 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import datetime
 
 import docker
 import docker.errors
+import docker.utils
 
+from .build_cache import CacheEntry
 from .plan import ImageRecord
-from .runtime import Image, Removed
+from .runtime import Image, Removed, Unsupported
 
 _STOPPED = {"status": ["exited", "created", "dead"]}
 _LEFT_BY_PRUNE = {"running", "paused", "restarting"}  # the states `docker container prune` leaves
+# Engine API 1.48 (Docker 28) renamed keep-storage to reserved-space and added max-used-space; a later
+# version drops keep-storage.
+_BUDGET_RENAMED = (1, 48)
+
+
+def build_prune_params(api_version: str, min_age_seconds: float, keep_bytes: int) -> dict[str, str]:
+    """The query of POST /build/prune for the daemon's API version: entries unused for min_age_seconds,
+    down to keep_bytes (0: no budget). `until` as a Go duration: dockerd 20.10 takes nothing else."""
+    params: dict[str, str] = {}
+    if min_age_seconds > 0:
+        params["filters"] = docker.utils.convert_filters({"until": f"{int(min_age_seconds)}s"})
+    if keep_bytes:
+        version = tuple(int(n) for n in api_version.split(".")[:2])
+        if version >= _BUDGET_RENAMED:  # prune down to it, and never below it
+            params["max-used-space"] = params["reserved-space"] = str(keep_bytes)
+        else:
+            params["keep-storage"] = str(keep_bytes)
+    return params
+
+
+def _epoch(stamp: str | None) -> float | None:
+    """Docker's RFC 3339 time with nanoseconds (2026-12-01T11:18:56.226976562Z) in epoch seconds."""
+    if not stamp:
+        return None
+    head, _, frac = stamp.rstrip("Z").partition(".")
+    return datetime.fromisoformat(head + "+00:00").timestamp() + float("0." + (frac or "0"))
 
 
 class Docker:
@@ -137,6 +166,33 @@ class Docker:
                 unique=max(size - max(shared, 0), 0),  # SharedSize -1: not computed
             ))
         return records
+
+    def build_cache(self) -> list[CacheEntry]:
+        return [
+            CacheEntry(
+                id=r["ID"],
+                size=int(r.get("Size") or 0),
+                last_used=_epoch(r.get("LastUsedAt")),
+                in_use=bool(r.get("InUse")),
+                shared=bool(r.get("Shared")),
+                type=r.get("Type") or "regular",
+                parents=tuple(r.get("Parents") or ([r["Parent"]] if r.get("Parent") else [])),
+            )
+            for r in self.api.df().get("BuildCache") or []
+        ]
+
+    def prune_build_cache(self, min_age_seconds: float, keep_bytes: int) -> Removed:
+        """Without `all`: entries an image shares free nothing now and keep that image's rebuild cheap."""
+        api = self.api
+        params = build_prune_params(api.api_version, min_age_seconds, keep_bytes)
+        try:
+            result = api._result(api._post(api._url("/build/prune"), params=params), True)
+        except docker.errors.APIError as e:
+            if e.status_code == 404:  # Podman: no such endpoint
+                raise Unsupported(f"the runtime has no build cache endpoint (POST /build/prune: "
+                                  f"{e.explanation or 404})") from e
+            raise
+        return Removed(len(result.get("CachesDeleted") or []), result.get("SpaceReclaimed") or 0)
 
     @staticmethod
     def _images(rows: list[dict]) -> list[Image]:

@@ -118,6 +118,22 @@ STATES: tuple[StateDoc, ...] = (
         journal="PruningDangling.",
     ),
     StateDoc(
+        name="PruningBuildCache",
+        may_hold_cordon=True,
+        doing="Removing BuildKit build cache entries (docker builder prune without --all): only those no "
+              "build uses, no image shares and nobody used for MIN_AGE, least recently used first, until "
+              "the cache fits BUILD_CACHE_MAX (unset: every such entry). Skipped, with one log line per "
+              "process, on a runtime without the endpoint (Podman).",
+        takes="seconds (one Docker call)",
+        cordoned="yes, if the node was schedulable before the cycle",
+        if_killed="The next start uncordons (journal says PruningBuildCache). A prune cut short leaves "
+                  "some entries: the daemon removes each one whole, and the next cycle prunes the rest.",
+        if_stuck="`docker system df -v` on the node lists the cache; `docker builder prune --filter "
+                 "until=30m` does by hand what this state does. A 'prune operation is already running' "
+                 "answer is retried; after the retries run out the agent uncordons by itself.",
+        journal="PruningBuildCache.",
+    ),
+    StateDoc(
         name="PruningAll",
         may_hold_cordon=True,
         doing="Removing images by a plan made first (one /system/df listing and the use history in "
@@ -165,7 +181,7 @@ STATES: tuple[StateDoc, ...] = (
     ),
 )
 
-PRUNING = ["PruningContainers", "PruningDangling", "PruningAll"]
+PRUNING = ["PruningContainers", "PruningDangling", "PruningBuildCache", "PruningAll"]
 
 # trigger, source(s), destination, conditions (all must hold); for one trigger and source the first
 # row whose conditions hold wins.
@@ -181,8 +197,9 @@ TRANSITIONS: tuple[tuple[str, str | list[str], str, list[str]], ...] = (
     ("next", "Cordoning", "PruningContainers", []),
     ("next", "PruningContainers", "Uncordoning", ["removals_blocked"]),
     ("next", "PruningContainers", "PruningDangling", []),
-    ("next", "PruningDangling", "Uncordoning", ["dangling_freed_enough"]),
-    ("next", "PruningDangling", "PruningAll", []),
+    ("next", "PruningDangling", "PruningBuildCache", []),
+    ("next", "PruningBuildCache", "Uncordoning", ["freed_enough"]),
+    ("next", "PruningBuildCache", "PruningAll", []),
     ("next", "PruningAll", "Uncordoning", []),
     ("fail", ["Cordoning", *PRUNING], "Uncordoning", []),
     ("stop", ["Cordoning", *PRUNING], "Uncordoning", []),

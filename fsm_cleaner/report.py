@@ -46,6 +46,7 @@ class Cycle:
     cordoned_at: float | None = None
     cordon_seconds: float = 0.0
     dangling_found: bool = False
+    cache_found: bool = False  # PruningBuildCache removed entries
     failed: str | None = None
     stopped: bool = False  # cut short by SIGTERM/SIGINT
 
@@ -127,7 +128,7 @@ class Report:
         metrics.record_removal(kind, reason, found.bytes, found.count)
         if kind == "container":
             self.cycle.containers += found.count
-        else:
+        elif kind != "build_cache":  # cache entries are not images: counted in bytes only
             self.cycle.images += found.count
         self.cycle.reported_bytes += found.bytes
         log.info("%s %s (%s)", "would remove" if self.cfg.dry_run else "removed", what,

@@ -5,11 +5,15 @@ A runtime is a port (docker_runtime.Docker implements it); a second runtime is a
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:  # plan imports this module's Image; the records are plain data either way
     from .plan import ImageRecord
+
+from .build_cache import CacheEntry, prunable
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,10 @@ class Image:
 class Removed:
     count: int = 0
     bytes: int = 0  # as the runtime reports it (space reclaimed, or image sizes in a dry run)
+
+
+class Unsupported(Exception):
+    """The runtime lacks this operation (Podman has no build cache endpoint): skip it, do not retry."""
 
 
 class Runtime(Protocol):
@@ -52,6 +60,13 @@ class Runtime(Protocol):
     def remove_image(self, image: Image) -> str | None:
         """Remove one image, never forced; None when this call removed it, else why it did not."""
 
+    def build_cache(self) -> list[CacheEntry]:
+        """The build cache's entries (a listing); [] for a runtime without one."""
+
+    def prune_build_cache(self, min_age_seconds: float, keep_bytes: int) -> Removed:
+        """Remove build cache entries unused for ``min_age_seconds``, least recently used first, until
+        the cache holds at most ``keep_bytes`` (0: no budget); Unsupported if the runtime cannot."""
+
 
 class DryRun:
     """A runtime that only lists: each removal answers what the real one would have freed.
@@ -61,10 +76,11 @@ class DryRun:
     plan it lists is the one a real run would then make.
     """
 
-    def __init__(self, real: Runtime):
+    def __init__(self, real: Runtime, now: Callable[[], float] = time.time):
         self.real = real
         self._pruned: set[str] = set()  # dangling images pruned in this cycle, in pretence
         self._containers_pruned = False
+        self.now = now  # the wall clock, as the runtime stamps last use
 
     def ping(self) -> None:
         self.real.ping()
@@ -92,3 +108,10 @@ class DryRun:
 
     def remove_image(self, image: Image) -> str | None:
         return None
+
+    def build_cache(self) -> list[CacheEntry]:
+        return self.real.build_cache()
+
+    def prune_build_cache(self, min_age_seconds: float, keep_bytes: int) -> Removed:
+        gone = prunable(self.real.build_cache(), self.now(), min_age_seconds, keep_bytes)
+        return Removed(len(gone), sum(e.size for e in gone))

@@ -96,7 +96,7 @@ def full_cycle_through_pruning_all(bed: Bed) -> None:
     bed.fill()
     assert bed.run() == 0
     assert bed.states == ["Reconciling", "Idle", "Measuring", "Cordoning", "PruningContainers",
-                          "PruningDangling", "PruningAll", "Uncordoning", "Idle"]
+                          "PruningDangling", "PruningBuildCache", "PruningAll", "Uncordoning", "Idle"]
     assert bed.handed_back()
     assert [p.unschedulable for p in bed.api.patches if p.unschedulable is not None] == [True, False]
     assert "sha256:" + "f" * 64 in bed.runtime.store  # the image in use stays
@@ -115,8 +115,21 @@ def dangling_images_free_enough(bed: Bed) -> None:
     for n in range(4):
         bed.runtime.add_image(f"sha256:d{n:063x}", 10 * MiB)
     assert bed.run() == 0
-    assert bed.states[-3:] == ["PruningDangling", "Uncordoning", "Idle"]
+    assert bed.states[-4:] == ["PruningDangling", "PruningBuildCache", "Uncordoning", "Idle"]
     assert bed.handed_back()
+
+
+def build_cache_frees_enough(bed: Bed) -> None:
+    """Old cache entries go, one used a minute ago stays, and no image is touched: the target is met."""
+    bed.fill(images=0)
+    for n in range(4):
+        bed.runtime.add_cache(f"old{n}", 10 * MiB, idle=2 * 3600)
+    bed.runtime.add_cache("fresh", 5 * MiB, idle=60)  # younger than MIN_AGE (30m)
+    images = set(bed.runtime.store)
+    assert bed.run() == 0
+    assert bed.taken[-2:] == [("next", "PruningBuildCache", "Uncordoning"), ("next", "Uncordoning", "Idle")]
+    assert set(bed.runtime.cache) == {"fresh"} and set(bed.runtime.store) == images
+    assert bed.disk.used() <= 50 * MiB and bed.handed_back()
 
 
 def reconciling_fails(bed: Bed) -> None:
@@ -164,9 +177,9 @@ def uncordon_fails_then_the_next_tick_retries_it(bed: Bed) -> None:
 
     def forbid_the_uncordon() -> None:
         writes.append(1)
-        if len(writes) == 5:  # Cordoning, three journal steps, then the uncordon
+        if len(writes) == 6:  # Cordoning, four journal steps, then the uncordon
             raise FORBIDDEN
-    for _ in range(5):
+    for _ in range(6):
         bed.api.faults.add("write", forbid_the_uncordon)
     bed.clock.at(90, bed.stop)  # in the second Idle wait
     assert bed.run(once=False) == 0
@@ -240,16 +253,19 @@ SCENARIOS: list[Callable[[Bed], None]] = [
     full_cycle_through_pruning_all,
     below_the_threshold_nothing_happens,
     dangling_images_free_enough,
+    build_cache_frees_enough,
     reconciling_fails,
     measuring_fails_without_a_runtime,
     a_build_pod_defers_image_removals,
     fails_in("Cordoning", lambda b: b.api.faults.add("write", FORBIDDEN)),
     fails_in("PruningContainers", lambda b: b.runtime.faults.add("prune_containers", RuntimeError("boom"))),
     fails_in("PruningDangling", lambda b: b.runtime.faults.add("prune_dangling", RuntimeError("boom"))),
+    fails_in("PruningBuildCache", lambda b: b.runtime.faults.add("prune_build_cache", RuntimeError("boom"))),
     fails_in("PruningAll", lambda b: b.runtime.faults.add("image_records", RuntimeError("boom"))),
     stopped_in("Cordoning", lambda b: b.api.faults.add("write", b.stop)),
     stopped_in("PruningContainers", lambda b: b.runtime.faults.add("prune_containers", b.stop)),
     stopped_in("PruningDangling", lambda b: b.runtime.faults.add("prune_dangling", b.stop)),
+    stopped_in("PruningBuildCache", lambda b: b.runtime.faults.add("prune_build_cache", b.stop)),
     stopped_in("PruningAll", lambda b: (b.env.update(FSM_CLEANER_DELAY_SECONDS="1"),
                                         b.clock.at(0.5, b.stop))),
     uncordon_fails_then_the_next_tick_retries_it,

@@ -24,7 +24,7 @@ from tests.conftest import (
 
 Cluster = FakeKube | RealCluster
 FULL_CYCLE = ["Reconciling", "Idle", "Measuring", "Cordoning", "PruningContainers", "PruningDangling",
-              "PruningAll", "Uncordoning", "Idle"]
+              "PruningBuildCache", "PruningAll", "Uncordoning", "Idle"]
 
 
 def exists(bed: DockerBed, image_id: str) -> bool:

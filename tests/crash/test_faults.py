@@ -24,7 +24,8 @@ from tests.crash.conftest import (
     wait_until,
 )
 
-CYCLE = ["Cordoning", "PruningContainers", "PruningDangling", "PruningAll", "Uncordoning"]
+CYCLE = ["Cordoning", "PruningContainers", "PruningDangling", "PruningBuildCache", "PruningAll",
+         "Uncordoning"]
 
 
 def full_cycle(agent) -> bool:

@@ -28,6 +28,7 @@ KILL_POINTS = [
     ("Cordoning", "Cordoning", "Cordoning"),
     ("PruningContainers", "PruningContainers", "PruningContainers"),
     ("PruningDangling", "PruningDangling", "PruningDangling"),
+    ("PruningBuildCache", "PruningBuildCache", "PruningBuildCache"),
     ("PruningAll", "PruningAll", "PruningAll"),
     ("Uncordoning-before-write", None, "PruningAll"),
     ("Uncordoning-after-write", "Idle", "Idle"),

@@ -55,7 +55,8 @@ def sigterm_now(agent: AgentProcess, sent: dict[str, float]):
     return send
 
 
-CYCLE_STATES = ["Cordoning", "PruningContainers", "PruningDangling", "PruningAll", "Uncordoning"]
+CYCLE_STATES = ["Cordoning", "PruningContainers", "PruningDangling", "PruningBuildCache", "PruningAll",
+                "Uncordoning"]
 
 
 @pytest.mark.parametrize("state", CYCLE_STATES)
@@ -69,7 +70,7 @@ def test_sigterm_mid_cycle(scene: Scene, agents, row: Row, state: str) -> None:
     if state == "Cordoning":
         scene.cluster.fail("PATCH", status=None, delay=HELD)  # the cordon write takes 1 s
         scene.watch.before("PATCH", send, journal=None)
-    elif state in ("PruningContainers", "PruningDangling"):
+    elif state in ("PruningContainers", "PruningDangling", "PruningBuildCache"):
         scene.watch.after_state(state, send)
     elif state == "PruningAll":
         agent.on_line(r"removed image ", send)
