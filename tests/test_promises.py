@@ -72,7 +72,7 @@ def test_run_exits_1_only_when_the_agents_cordon_may_remain(tmp_path: Path) -> N
 def test_the_owed_uncordon_is_retried_at_the_next_tick_before_anything_else(tmp_path: Path) -> None:
     bed = Bed(tmp_path)
     bed.fill()
-    bed.api.faults.add("write", *[lambda: None] * 5, FORBIDDEN)  # cordon + 4 journal steps; the uncordon refused once
+    bed.api.faults.add("write", *[lambda: None] * 5, FORBIDDEN)  # cordon, 4 journal writes, uncordon
     bed.clock.at(90, bed.stop)  # after the next tick
     assert bed.run(once=False) == 0
     after_failure = bed.taken[bed.taken.index(("fail", "Uncordoning", "Idle")) + 1:]
