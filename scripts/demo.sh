@@ -36,6 +36,9 @@ export KUBECONFIG="$root/kubeconfig" NO_PROXY=127.0.0.1
 export DOCKER_IMAGE_CLEANER_NODE_NAME=demo-node DOCKER_IMAGE_CLEANER_PATH_TO_CHECK="$PATH_TO_CHECK"
 export DOCKER_IMAGE_CLEANER_THRESHOLD_HIGH=50 DOCKER_IMAGE_CLEANER_THRESHOLD_LOW=20
 export DOCKER_IMAGE_CLEANER_DELAY_SECONDS=0.5 FSM_CLEANER_HEARTBEAT_FILE="$root/heartbeat"
+# The bed's images are minutes old: MIN_AGE 0 lets them go (the default, 30m, would keep them all), and
+# the use history lives in the bed, not in the host's /var/lib/fsm-cleaner.
+export FSM_CLEANER_MIN_AGE=0 FSM_CLEANER_STATE_DIR="$root/state"
 "$py" -m fsm_cleaner run --once
 
 echo "== the node afterwards =="
