@@ -182,8 +182,8 @@ def test_node_deleted_mid_cycle_then_registered_again(scene: Scene, agents, row:
     registered = len(agent.lines)
     agent.wait_for(r"cycle done", start=registered, timeout=60)
     after = scene.watch.records[records:]
-    assert [r.state for r in after] == ["Cordoning", "PruningContainers", "PruningDangling", "PruningAll",
-                                        "Idle"], after
+    assert [r.state for r in after] == ["Cordoning", "PruningContainers", "PruningDangling",
+                                        "PruningBuildCache", "PruningAll", "Idle"], after
     assert all(r.unschedulable for r in after[:-1]) and not after[-1].unschedulable
     assert not any(image_exists(scene.bed, i) for i in scene.old_images), agent.log  # removed, cordoned
     t = agent.signal(signal.SIGTERM)
@@ -199,7 +199,7 @@ def test_api_server_down_during_uncordoning(scene: Scene, agents, row: Row) -> N
     row.case = (f"API server down from PruningAll until after {RETRY_ATTEMPTS + 1} failed uncordon attempts "
                 f"(RETRY_ATTEMPTS {RETRY_ATTEMPTS})")
     agent = agents(scene.env()).start()
-    agent.wait_for(r"images can go")  # PruningAll's journal write has been answered
+    agent.wait_for(r"removal plan: ")  # PruningAll's journal write has been answered
     scene.cluster.stop()  # PruningAll goes on for ~2.4 s without the API server
     down = time.monotonic()
     try:
