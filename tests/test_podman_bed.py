@@ -240,7 +240,7 @@ def test_container_prune_counts_and_bytes(port: Docker, clean: PodmanBed) -> Non
 def test_dangling_prune_answers_bare_ids_and_counts_shared_layers(port: Docker, clean: PodmanBed) -> None:
     clean.build_image("fsmtest/keep:1", 1)  # keeps the base layer in use
     made = set(clean.make_dangling(2, 2))
-    listed = port.dangling_images()
+    listed = port.dangling_images(older_than=0)
     assert {i.id for i in listed} == made
     base_size = port.api.inspect_image(BASE_REF)["Size"]
     before = _used_bytes(clean)
@@ -252,7 +252,7 @@ def test_dangling_prune_answers_bare_ids_and_counts_shared_layers(port: Docker, 
     # This is why the port's count (listed ids & deleted ids) comes out 0.
     assert not any(d.startswith("sha256:") for d in deleted)
     assert {f"sha256:{d}" for d in deleted} == made
-    assert port.dangling_images() == []
+    assert port.dangling_images(older_than=0) == []
     # SpaceReclaimed is the sum of the listed image sizes, each counting the shared base layer that
     # stays on disk; dockerd reports the bytes of the layers it removed.
     assert raw["SpaceReclaimed"] == sum(i.size for i in listed)
