@@ -13,7 +13,7 @@ import itertools
 import select
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from kubernetes.client.exceptions import ApiException
 
@@ -25,6 +25,7 @@ from fsm_cleaner.journal import NodeView, Patch
 from fsm_cleaner.kube import NodeGone
 from fsm_cleaner.plan import ImageRecord
 from fsm_cleaner.runtime import Image, Removed, Unsupported
+from fsm_cleaner.slots import Lease, SlotConflict
 
 
 class Faults:
@@ -222,11 +223,37 @@ class FakePod:
     namespace: str = "default"
 
 
+class FakeLeases:
+    """The cordon slots' Leases of one namespace, shared by the nodes of a fake cluster: a write on a
+    stale resourceVersion, or a create of an existing name, is a SlotConflict (the API's 409)."""
+
+    def __init__(self, daemonset_nodes: int = 1):
+        self.store: dict[str, Lease] = {}
+        self.daemonset_nodes = daemonset_nodes
+        self.faults = Faults()
+        self._rv = itertools.count(1)
+        self.writes: list[Lease] = []
+
+    def put(self, lease: Lease) -> None:
+        self.faults("put_lease")
+        current = self.store.get(lease.name)
+        if (current is None) != (not lease.resource_version) or (
+                current is not None and current.resource_version != lease.resource_version):
+            raise SlotConflict(f"lease {lease.name}: conflict")
+        self.store[lease.name] = replace(lease, resource_version=str(next(self._rv)))
+        self.writes.append(self.store[lease.name])
+
+    def holders(self) -> dict[str, str]:
+        return {name: lease.holder for name, lease in sorted(self.store.items()) if lease.holder}
+
+
 class FakeNodeApi:
-    """One node in memory, with the API's answers: 409 on a stale resourceVersion, NodeGone for 404."""
+    """One node in memory, with the API's answers: 409 on a stale resourceVersion, NodeGone for 404;
+    the cordon slots in ``leases`` (a FakeLeases that several nodes may share)."""
 
     def __init__(self, node_name: str = "node-1", unschedulable: bool = False,
-                 annotations: dict[str, str] | None = None):
+                 annotations: dict[str, str] | None = None, leases: FakeLeases | None = None):
+        self.leases = leases or FakeLeases()
         self.node_name = node_name
         self.unschedulable = unschedulable
         self.annotations = dict(annotations or {})
@@ -271,6 +298,16 @@ class FakeNodeApi:
               timeout: tuple[float, float] = (2, 5)) -> None:
         self.faults("event")
         self.events.append((reason, message, warning))
+
+    def slot_leases(self, timeout: tuple[float, float]) -> list[Lease]:
+        self.leases.faults("slot_leases")
+        return list(self.leases.store.values())
+
+    def put_lease(self, lease: Lease, timeout: tuple[float, float]) -> None:
+        self.leases.put(lease)
+
+    def daemonset_nodes(self, timeout: tuple[float, float]) -> int:
+        return self.leases.daemonset_nodes
 
     def pods_on_node(self, selector: str, timeout: tuple[float, float]) -> list[Pod]:
         self.faults("pods_on_node")

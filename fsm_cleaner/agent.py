@@ -25,20 +25,18 @@ from .report import Cycle, Report, describe
 from .retry import short_error
 from .runtime import Image, Removed, Runtime, Unsupported
 from .shutdown import Shutdown, StopRequested
+from .slots import Slots
 from .step import StepFailed
 from .tracking import UseTracking
 from .usage import Disk, Meter
 
 log = logging.getLogger("fsm_cleaner")
 T = TypeVar("T")
-# The usage (in the thresholds' unit) from which blocking pods no longer hold removals back; None: no
-# such level. The cordon budget's CRITICAL_THRESHOLD setting feeds it.
-CRITICAL_LEVEL: float | None = None
 
 
 class Agent:
     def __init__(self, cfg: Config, runtime: Runtime, node: Node, shutdown: Shutdown, clock: Clock,
-                 disk: Disk, pods: Pods, uses: UseTracking):
+                 disk: Disk, pods: Pods, uses: UseTracking, slots: Slots):
         self.cfg = cfg
         self.runtime = runtime
         self.uses = uses
@@ -46,6 +44,7 @@ class Agent:
         self.shutdown = shutdown
         self.clock = clock
         self.pods = pods
+        self.slots = slots
         self.blocking_pods: list[Pod] = []  # the selected pods on the node, listed in PruningContainers
         self.report = Report(cfg, clock)
         self.meter = Meter(cfg, shutdown, self.report, disk)
@@ -69,7 +68,13 @@ class Agent:
         return freed and plan.clean_enough(self.cycle.usage, self.cfg)
 
     def removals_blocked(self, _: Any = None) -> bool:
-        return blocking.removals_blocked(self.blocking_pods, self.cycle.usage, CRITICAL_LEVEL)
+        return blocking.removals_blocked(self.blocking_pods, self.cycle.usage, self.cfg.critical_threshold)
+
+    def slot_granted(self, _: Any = None) -> bool:
+        return self.cycle.grant.cordon
+
+    def waiting_for_slot(self, _: Any = None) -> bool:
+        return not self.cycle.grant.images
 
     def owes_uncordon(self, _: Any = None) -> bool:
         return self.node.handback_pending
@@ -80,6 +85,8 @@ class Agent:
     # --- states -------------------------------------------------------------------------------
     def on_enter_Reconciling(self, _: Any) -> None:
         self.node.reconcile()
+        if not self.node.handback_pending:  # not while another agent on this node holds it
+            self.slots.release()
 
     def on_enter_Measuring(self, _: Any) -> None:
         cycle = self.report.new_cycle()
@@ -89,9 +96,17 @@ class Agent:
         if self.above_high_threshold():  # no cordon for a runtime that cannot prune anyway
             self._runtime("Measuring", self.runtime.ping)
 
+    def on_enter_TakingSlot(self, _: Any) -> None:
+        self.node.begin()  # journaled first: should the process die holding a slot, the next start frees it
+        usage = describe(self.cycle.usage, self.cfg)
+        self.cycle.grant = self.slots.take(plan.critical(self.cycle.usage, self.cfg), usage)
+        if self.cycle.grant.notice:
+            log.warning("%s", self.cycle.grant.notice)
+            self.node.notice("CleaningWithoutCordon", f"fsm-cleaner: {self.cycle.grant.notice}")
+
     def on_enter_Cordoning(self, _: Any) -> None:
         self.cycle.cordoned_at = self.clock.monotonic()
-        self.node.cordon(describe(self.cycle.usage, self.cfg))
+        self.node.cordon(describe(self.cycle.usage, self.cfg), self.cycle.grant.slot)
 
     def on_enter_PruningContainers(self, _: Any) -> None:
         self.node.journal("PruningContainers")
@@ -172,6 +187,8 @@ class Agent:
         if self.cycle.cordoned_at is not None:
             self.cycle.cordon_seconds = self.clock.monotonic() - self.cycle.cordoned_at
         self.node.uncordon()
+        if not self.node.handback_pending:  # the slot covers the cordon: freed once that is undone
+            self.slots.release()
 
     def on_enter_Idle(self, event: Any) -> None:
         source = event.transition.source

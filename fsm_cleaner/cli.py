@@ -25,11 +25,12 @@ if TYPE_CHECKING:  # the Kubernetes client is imported only when a node name is 
     from .kube import Kube
     from .node import Node, NodeApi
     from .runtime import Runtime
+    from .slots import LeaseApi, Slots
     from .tracking import UseTracking
     from .usage import Disk
 
-    class ClusterApi(NodeApi, PodApi, Protocol):
-        """What the agent needs of the API: its node, and the pods on it."""
+    class ClusterApi(NodeApi, PodApi, LeaseApi, Protocol):
+        """What the agent needs of the API: its node, the pods on it, the cordon slots."""
 
 log = logging.getLogger("fsm_cleaner")
 EXIT_CONFIG = 2
@@ -98,21 +99,26 @@ def _credentials(needs: str) -> Iterator[None]:
         ) from None
 
 
-def _kube(node_name: str | None, namespace: str = "default") -> Kube | None:
+def _kube(node_name: str | None, events_namespace: str = "default", cfg: config.Config | None = None
+          ) -> Kube | None:
     if node_name is None:
         return None
     from .kube import Kube, connect
 
     with _credentials(f"NODE_NAME={node_name!r} is set"):
-        return Kube(connect(), node_name, namespace)
+        if cfg is None:
+            return Kube(connect(), node_name, events_namespace)
+        return Kube(connect(), node_name, events_namespace, namespace=cfg.namespace,
+                    daemonset=cfg.daemonset_name)
 
 
 def build_agent(cfg: config.Config, runtime: Runtime, kube: ClusterApi | None, *,
                 clock: Clock | None = None, disk: Disk | None = None,
                 uses: UseTracking | None = None) -> Agent:
     """Choose, once, what the agent talks to: a runtime that prunes or one that only lists (dry run),
-    a node that is written to or a stand-in that says why nothing is, pods listed or none, a use history
-    (by default one in memory that nothing feeds: images ranked by creation time)."""
+    a node that is written to or a stand-in that says why nothing is, pods listed or none, a cordon
+    budget or none (no cluster, dry run, CORDON=false), a use history (by default one in memory that
+    nothing feeds: images ranked by creation time)."""
     from .agent import Agent
     from .blocking import NoSelector, PodsOnNode
     from .clock import RealClock
@@ -121,12 +127,18 @@ def build_agent(cfg: config.Config, runtime: Runtime, kube: ClusterApi | None, *
     from .node import DryRunNode, NoCluster, NodeWriter
     from .runtime import DryRun
     from .shutdown import Shutdown
+    from .slots import CordonBudget, NeverCordon, Unlimited
     from .tracking import UseTracking
 
     clock = clock or RealClock()
     shutdown = Shutdown(cfg.stop_timeout_seconds, clock)
     node: Node = NoCluster("dry run" if cfg.dry_run else "no cluster")
     pods: Pods = NoSelector()
+    slots: Slots = Unlimited()
+    if not cfg.cordon:
+        slots = NeverCordon()
+    elif kube is not None:
+        slots = Unlimited("dry run") if cfg.dry_run else CordonBudget(kube, cfg, shutdown, kube.node_name)
     if kube is not None:
         node = DryRunNode(kube, cfg, shutdown) if cfg.dry_run else NodeWriter(kube, cfg, shutdown)
         if cfg.blocking_pod_selector:  # a read: a dry run lists them too, and says it would wait
@@ -135,7 +147,7 @@ def build_agent(cfg: config.Config, runtime: Runtime, kube: ClusterApi | None, *
     from . import disk as real_disk
 
     return Agent(cfg, DryRun(runtime) if cfg.dry_run else runtime, node, shutdown, clock, disk or real_disk,
-                 pods, uses or UseTracking(History()))
+                 pods, uses or UseTracking(History()), slots)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -148,7 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         metrics.serve(cfg.metrics_port, cfg.metrics_address)
         log.info("metrics at http://%s/metrics", _host_port(cfg.metrics_address, cfg.metrics_port))
-    kube = _kube(cfg.node_name, cfg.events_namespace)
+    kube = _kube(cfg.node_name, cfg.events_namespace, cfg)
     import docker
 
     from .docker_runtime import Docker

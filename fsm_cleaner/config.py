@@ -77,6 +77,20 @@ SETTINGS: tuple[Setting, ...] = (
     # build cache (issue 10)
     Setting("BUILD_CACHE_MAX", None, "build cache kept by a cycle: bytes (10Gi) or a share of the disk "
             "(10%); unset: none beyond MIN_AGE", False),
+    # fleet safety (issue 11)
+    Setting("CORDON", "true", "cordon the node while cleaning; false: never cordon (single-node clusters)",
+            False),
+    Setting("MAX_CORDONED", "1", "nodes cordoned by fsm-cleaner at once, cluster-wide: a count, or a "
+            "percentage of the nodes the DaemonSet runs on (20%)", False),
+    Setting("CRITICAL_THRESHOLD", None, "above this usage a node cleans even with no cordon slot free and "
+            "with blocking pods running; unset: 95 (or THRESHOLD_HIGH if above) in relative mode, none in "
+            "absolute mode", False),
+    Setting("SLOT_LEASE_SECONDS", "120", "a cordon slot not renewed for this long is free (its holder died)",
+            False),
+    Setting("NAMESPACE", None, "namespace of the cordon slots' Leases; unset: POD_NAMESPACE (downward API), "
+            "else default", False),
+    Setting("DAEMONSET_NAME", "fsm-cleaner", "the DaemonSet whose node count a MAX_CORDONED percentage is "
+            "of", False),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -112,6 +126,14 @@ class Config:
     state_dir: str
     keep: tuple[str, ...]
     build_cache_max: Budget  # the build cache a cycle leaves (entries younger than MIN_AGE on top)
+    # fleet safety (issue 11)
+    cordon: bool = True
+    max_cordoned: float = 1
+    max_cordoned_percent: bool = False  # max_cordoned is a percentage of the DaemonSet's nodes
+    critical_threshold: float | None = None  # in the thresholds' unit; None: no critical level
+    slot_lease_seconds: float = 120
+    namespace: str = "default"  # the Leases'
+    daemonset_name: str = "fsm-cleaner"
 
     @property
     def unit(self) -> str:
@@ -130,6 +152,8 @@ MIN_ABSOLUTE_HIGH = 2**20
 # the requests after it are cut to the stop bound. What the bound must still hold after it: the stop's
 # 3 s margin for the last round trip (agent.py) and 2 s for a last uncordon attempt.
 STOP_ROOM_SECONDS = 5
+# The critical level in relative mode when CRITICAL_THRESHOLD is unset (or THRESHOLD_HIGH if higher).
+DEFAULT_CRITICAL = 95.0
 # Every retry waits at least this long (retry.py), so RETRY_MAX_WAIT_SECONDS cannot be lower.
 RETRY_MIN_WAIT_SECONDS = 0.5
 
@@ -263,6 +287,36 @@ def _patterns(var: str, raw: str) -> tuple[str, ...]:
     return patterns
 
 
+def _count_or_percent(var: str, raw: str) -> tuple[float, bool]:
+    text = raw.strip()
+    percent = text.endswith("%")
+    value = _float(text[:-1] if percent else text)
+    if not (math.isfinite(value) and (0 < value <= 100 if percent else value >= 1 and value == int(value))):
+        raise ConfigError(f"{var}={raw!r} is not a node count; accepted: a whole number of nodes >= 1 "
+                          "(e.g. 2), or a percentage of the nodes the DaemonSet runs on, above 0% and at "
+                          "most 100% (e.g. 20%; at least 1 node)")
+    return value, percent
+
+
+_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+
+def _namespace(var: str, raw: str) -> str:
+    name = raw.strip()
+    if len(name) > 63 or not _DNS1123_LABEL.fullmatch(name):
+        raise ConfigError(f"{var}={raw!r} is not a namespace name; accepted: a DNS-1123 label (lower-case "
+                          "letters, digits and '-', at most 63 characters), e.g. kube-system")
+    return name
+
+
+def _name(var: str, raw: str) -> str:
+    name = raw.strip()
+    if len(name) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(name):
+        raise ConfigError(f"{var}={raw!r} is not a Kubernetes object name; accepted: a DNS-1123 subdomain "
+                          "such as fsm-cleaner")
+    return name
+
+
 def _bool(var: str, raw: str) -> bool:
     low = raw.strip().lower()
     if low in ("1", "true", "yes", "on"):
@@ -353,6 +407,18 @@ def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         var, raw = _lookup("BLOCKING_POD_SELECTOR", env, overrides)
         raise ConfigError(f"{var}={raw!r} needs NODE_NAME: the blocking pods are looked up on that node; "
                           "accepted: BLOCKING_POD_SELECTOR with NODE_NAME set, or unset")
+    critical = get("CRITICAL_THRESHOLD", lambda v, r: _threshold(v, r, kind))
+    if critical is None and kind == "relative":
+        critical = max(DEFAULT_CRITICAL, high)
+    if critical is not None and critical < high:
+        var_c, raw_c = _lookup("CRITICAL_THRESHOLD", env, overrides)
+        var_high, raw_high = _lookup("THRESHOLD_HIGH", env, overrides)
+        raise ConfigError(f"{var_c}={raw_c!r} is below {var_high}={raw_high!r}: every cycle would be "
+                          "critical and clean without a cordon slot; accepted: a critical level at or above "
+                          "the high threshold (default 95 in relative mode)")
+    max_cordoned, percent = get("MAX_CORDONED", _count_or_percent)
+    namespace = get("NAMESPACE", _namespace) or _namespace("POD_NAMESPACE",
+                                                            env.get("POD_NAMESPACE") or "default")
     return Config(
         node_name=node_name,
         path_to_check=path,
@@ -381,6 +447,13 @@ def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         state_dir=get("STATE_DIR", _absolute_path),
         keep=get("KEEP", _patterns) or (),
         build_cache_max=get("BUILD_CACHE_MAX", _budget) or Budget(0),
+        cordon=get("CORDON", _bool),
+        max_cordoned=max_cordoned,
+        max_cordoned_percent=percent,
+        critical_threshold=critical,
+        slot_lease_seconds=get("SLOT_LEASE_SECONDS", lambda v, r: _number(v, r, minimum=4)),
+        namespace=namespace,
+        daemonset_name=get("DAEMONSET_NAME", _name),
     )
 
 

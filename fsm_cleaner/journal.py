@@ -56,6 +56,7 @@ class Journal:
     holder: str = ""  # the pod that wrote it (POD_NAME, else the hostname)
     token: str = ""  # the process within that pod; empty in journals from before mutual exclusion
     renewed: str = ""  # RFC 3339, UTC: when the holder last showed it is alive; empty: use since
+    slot: str = ""  # the cordon budget's Lease this cycle holds (empty: none, or none yet)
 
     def encode(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
@@ -119,11 +120,12 @@ def decode(raw: str) -> Journal:
             holder=data.get("holder", ""),
             token=data.get("token", ""),
             renewed=data.get("renewed", ""),
+            slot=data.get("slot", ""),
         )
     except (ValueError, TypeError, KeyError) as e:
         raise unreadable(str(e)) from None
     if not (isinstance(journal.state, str) and isinstance(journal.cordoned_by_us, bool)
-            and isinstance(journal.was_unschedulable, bool)):
+            and isinstance(journal.was_unschedulable, bool) and isinstance(journal.slot, str)):
         raise unreadable("wrong field types")
     return journal
 
@@ -221,12 +223,33 @@ class Patch:
     why: str = ""
 
 
-def _entry(state: str, ours: bool, was: bool, me: Holder, now: str) -> Journal:
+def _entry(state: str, ours: bool, was: bool, me: Holder, now: str, slot: str = "") -> Journal:
     return Journal(state, cordoned_by_us=ours, was_unschedulable=was, since=now, holder=me.pod,
-                   token=me.token, renewed=now)
+                   token=me.token, renewed=now, slot=slot)
 
 
-def cordon(node: NodeView, me: Holder, now: str) -> Patch | Busy | None:
+# The first state of a cycle, journaled before a cordon slot is taken: it holds the node (another
+# agent on it leaves it alone) and tells the next start to free the slot, but no cordon yet.
+FIRST = "TakingSlot"
+
+
+def begin(node: NodeView, me: Holder, now: str) -> Patch | Busy | None:
+    """Begin a cycle: journal TakingSlot, unless another pod's live journal holds the node (Busy). A
+    journal in progress left by a dead agent is taken over as it is, cordon record and all, so that
+    the hand-back still undoes that agent's cordon."""
+    if node._left_as_found():
+        return None
+    current = node._current()
+    if current is not None and current.in_progress:
+        if claim(current, me, now) == "live":
+            return Busy.held_by(current)
+        entry = _entry(FIRST, current.cordoned_by_us, current.was_unschedulable, me, now)
+    else:
+        entry = _entry(FIRST, False, node.unschedulable, me, now)
+    return Patch({ANNOTATION: entry.encode()}, why=f"journal {FIRST}")
+
+
+def cordon(node: NodeView, me: Holder, now: str, slot: str = "") -> Patch | Busy | None:
     """Enter Cordoning: cordon unless someone else already did, and journal whose cordon it is.
 
     A journal already in progress here is this cycle's own earlier attempt, which landed although
@@ -238,13 +261,13 @@ def cordon(node: NodeView, me: Holder, now: str) -> Patch | Busy | None:
     if node._left_as_found():
         return None
     current = node._current()
-    if current is not None and current.in_progress:
-        if claim(current, me, now) == "live":
-            return Busy.held_by(current)
+    if current is not None and current.in_progress and claim(current, me, now) == "live":
+        return Busy.held_by(current)
+    if current is not None and current.in_progress and (current.cordoned_by_us or current.state != FIRST):
         ours, was = current.cordoned_by_us, current.was_unschedulable
-    else:
+    else:  # no cordon decided yet in this cycle (its journal says TakingSlot, or there is none)
         ours, was = not node.unschedulable, node.unschedulable
-    entry = _entry("Cordoning", ours, was, me, now)
+    entry = _entry("Cordoning", ours, was, me, now, slot)
     take = ours and not node.unschedulable
     return Patch({ANNOTATION: entry.encode()}, unschedulable=True if take else None,
                  why="cordon" if take else "our cordon already in place" if ours
@@ -267,7 +290,7 @@ def advance(node: NodeView, state: str, me: Holder, now: str) -> Patch | Busy | 
                      else f"{_shown(current.state, 40)} by {_shown(current.holder)}")
         return Busy(f"this cycle's journal is no longer on the node (journal now: {now_there}): the node "
                     "was taken over or reset; ending this cycle")
-    entry = _entry(state, current.cordoned_by_us, current.was_unschedulable, me, now)
+    entry = _entry(state, current.cordoned_by_us, current.was_unschedulable, me, now, current.slot)
     return Patch({ANNOTATION: entry.encode()}, why=f"journal {state}")
 
 
@@ -304,8 +327,10 @@ def release(node: NodeView, me: Holder, now: str) -> Patch | Busy | None:
             uncordon = uncordon or node.unschedulable
             reasons.append(f"our cordon from {journal.state}"
                            + (" undone" if node.unschedulable else " already undone by someone"))
-        else:
+        elif journal.was_unschedulable:
             reasons.append(f"cycle in {journal.state} ended; the node was unschedulable before it: left so")
+        else:
+            reasons.append(f"cycle in {journal.state} ended; it had not cordoned the node")
         if claim(journal, me, now) == "stale":
             reasons.append(f"taken over from holder {_shown(journal.holder)}, not renewed since "
                            f"{_shown(journal.renewed or journal.since, 40)} (dead after {STALE_SECONDS} s)")

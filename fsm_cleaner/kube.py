@@ -1,14 +1,17 @@
 """Port to the Kubernetes API: read the node, write a journal patch, emit an Event, list the pods on the
-node; and, for `fsm-cleaner status --all`, list the nodes.
+node, list and write the cordon slots' Leases (and read the DaemonSet's node count for a MAX_CORDONED
+percentage); and, for `fsm-cleaner status --all`, list the nodes.
 
-The RBAC in deploy/ grants exactly these calls: nodes get, patch and list, events create; pods list only
-in the optional component deploy/components/blocking-pods (BLOCKING_POD_SELECTOR).
+The RBAC in deploy/ grants exactly these calls: nodes get, patch and list, events create (a
+ClusterRole); leases get, list, create and update and daemonsets get, in the agent's namespace (a
+Role); pods list only in the optional component deploy/components/blocking-pods (BLOCKING_POD_SELECTOR).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from typing import Any
 
 from kubernetes import client, config
@@ -18,6 +21,7 @@ from .blocking import Pod
 from .config import BY_NAME
 from .journal import ANNOTATION, NodeChanged, NodeView, Patch, now_rfc3339
 from .retry import short_error
+from .slots import PREFIX, Lease, SlotConflict
 
 log = logging.getLogger("fsm_cleaner")
 
@@ -31,6 +35,15 @@ EVENT_TIMEOUT = (2, 5)
 
 class NodeGone(RuntimeError):
     """The node does not exist (404): nothing to cordon or journal on."""
+
+
+class SlotsForbidden(RuntimeError):
+    """The service account may not write Leases (403): the Role of deploy/base is missing."""
+
+    def __init__(self) -> None:
+        super().__init__("the service account may not write the cordon slots' Leases: install the Role "
+                         "and RoleBinding of deploy/base in the agent's namespace (NAMESPACE), or set "
+                         "CORDON=false")
 
 
 class PodsForbidden(RuntimeError):
@@ -98,11 +111,67 @@ def _not_applied(e: ApiException) -> bool:
         return False
 
 
+SLOT_LABELS = {"app.kubernetes.io/name": "fsm-cleaner", "app.kubernetes.io/component": "cordon-slot"}
+
+
+def _lease_view(lease: Any) -> Lease:
+    spec = lease.spec
+    return Lease(name=lease.metadata.name, holder=(spec and spec.holder_identity) or "",
+                 renewed=spec and (spec.renew_time or spec.acquire_time),
+                 duration=float((spec and spec.lease_duration_seconds) or 0),
+                 resource_version=lease.metadata.resource_version or "",
+                 transitions=(spec and spec.lease_transitions) or 0, acquired=spec and spec.acquire_time)
+
+
 class Kube:
-    def __init__(self, api: client.CoreV1Api, node_name: str, events_namespace: str = "default"):
+    def __init__(self, api: client.CoreV1Api, node_name: str, events_namespace: str = "default", *,
+                 namespace: str = "default", daemonset: str = "fsm-cleaner"):
         self.api = api
         self.node_name = node_name
         self.events_namespace = events_namespace
+        self.namespace = namespace  # the agent's: the cordon slots' Leases and its DaemonSet
+        self.daemonset = daemonset
+        self.leases_api = client.CoordinationV1Api(api.api_client)
+
+    # --- the cordon budget (slots.py) ---
+    def slot_leases(self, timeout: Any = REQUEST_TIMEOUT) -> list[Lease]:
+        selector = ",".join(f"{k}={v}" for k, v in SLOT_LABELS.items())
+        try:
+            found = self.leases_api.list_namespaced_lease(self.namespace, label_selector=selector,
+                                                          _request_timeout=timeout)
+        except ApiException as e:
+            if e.status == 403:
+                raise SlotsForbidden() from None
+            raise
+        return [_lease_view(item) for item in found.items if item.metadata.name.startswith(PREFIX)]
+
+    def put_lease(self, lease: Lease, timeout: Any = REQUEST_TIMEOUT) -> None:
+        """Create the slot's Lease (``resource_version`` empty) or replace it conditionally on the
+        resourceVersion read; SlotConflict when another writer got there first (409)."""
+        body = client.V1Lease(
+            metadata=client.V1ObjectMeta(name=lease.name, labels=SLOT_LABELS,
+                                         resource_version=lease.resource_version or None),
+            spec=client.V1LeaseSpec(holder_identity=lease.holder or None,
+                                    lease_duration_seconds=int(math.ceil(lease.duration)),
+                                    acquire_time=lease.acquired,
+                                    renew_time=lease.renewed, lease_transitions=lease.transitions))
+        try:
+            if lease.resource_version:
+                self.leases_api.replace_namespaced_lease(lease.name, self.namespace, body,
+                                                         _request_timeout=timeout)
+            else:
+                self.leases_api.create_namespaced_lease(self.namespace, body, _request_timeout=timeout)
+        except ApiException as e:
+            if e.status == 409:
+                raise SlotConflict(f"lease {lease.name} changed since it was read (409)") from None
+            if e.status == 403:
+                raise SlotsForbidden() from None
+            raise
+
+    def daemonset_nodes(self, timeout: Any = REQUEST_TIMEOUT) -> int:
+        apps = client.AppsV1Api(self.api.api_client)
+        ds = apps.read_namespaced_daemon_set(self.daemonset, self.namespace, _request_timeout=timeout)
+        return int((ds.status and ds.status.desired_number_scheduled) or 0)
 
     def read(self, timeout: Any = REQUEST_TIMEOUT) -> NodeView:
         try:

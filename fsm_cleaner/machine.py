@@ -44,7 +44,8 @@ STATES: tuple[StateDoc, ...] = (
         name="Reconciling",
         may_hold_cordon=False,
         doing="Reading the node's journal annotation and undoing what a previous process "
-              "(or docker-image-cleaner) left: uncordon if it cordoned, mark the journal Idle.",
+              "(or docker-image-cleaner) left: uncordon if it cordoned, mark the journal Idle, free this "
+              "node's cordon slot.",
         takes="under a second; up to UNCORDON_RETRY_SECONDS while the API server is unreachable",
         cordoned="possibly, by a previous process; this state removes that cordon",
         if_killed="The next start reconciles again; nothing is lost.",
@@ -75,10 +76,29 @@ STATES: tuple[StateDoc, ...] = (
         journal="Not written: still Idle (or none). Measuring changes nothing on the node.",
     ),
     StateDoc(
+        name="TakingSlot",
+        may_hold_cordon=True,
+        doing="Journaling the cycle (TakingSlot) on the node, then taking one of the MAX_CORDONED cordon "
+              "slots: Leases fsm-cleaner-slot-<i> in NAMESPACE, each written conditionally on its "
+              "resourceVersion. No slot free: the cycle goes on without a cordon and removes only what "
+              "needs none (stopped containers, dangling images, build cache); images wait for a slot at a "
+              "later tick. Above CRITICAL_THRESHOLD it removes images too, uncordoned (Event "
+              "CleaningWithoutCordon). With CORDON=false no slot is taken and no cycle cordons.",
+        takes="under a second",
+        cordoned="not yet (a previous cycle's uncordon may still be owed)",
+        if_killed="The journal says TakingSlot: the next start frees this node's slot; with no restart (node "
+                  "gone) the slot frees itself SLOT_LEASE_SECONDS after its last renewal.",
+        if_stuck="`kubectl -n NAMESPACE get leases -l app.kubernetes.io/name=fsm-cleaner` shows the holders "
+                 "(holderIdentity: a node). A node waiting long for a slot: `fsm-cleaner status --all` shows "
+                 "which nodes hold them and since when; raise MAX_CORDONED, or free a dead holder's slot by "
+                 "deleting its Lease. 403 on leases: the Role of deploy/base is missing.",
+        journal="TakingSlot, cordoned_by_us false, no slot yet (the slot is named from Cordoning on).",
+    ),
+    StateDoc(
         name="Cordoning",
         may_hold_cordon=True,
         doing="One PATCH: spec.unschedulable=true and the journal (who cordoned, was the node already "
-              "unschedulable), conditional on the node's resourceVersion.",
+              "unschedulable, which slot it holds), conditional on what was read of the node.",
         takes="under a second",
         cordoned="becoming so (only if it was schedulable before)",
         if_killed="The journal says Cordoning: the next start uncordons if the cordon was ours.",
@@ -160,7 +180,8 @@ STATES: tuple[StateDoc, ...] = (
         name="Uncordoning",
         may_hold_cordon=True,
         doing="One PATCH: spec.unschedulable=false (only if the agent set it and nobody undid it) and the "
-              "journal back to Idle. Retries with the most patience of all.",
+              "journal back to Idle; once it has landed, the cordon slot is freed. Retries with the most "
+              "patience of all.",
         takes="under a second; up to UNCORDON_RETRY_SECONDS while the API server is unreachable",
         cordoned="yes, until the PATCH lands",
         if_killed="The next start uncordons (journal still says the previous step).",
@@ -191,18 +212,21 @@ TRANSITIONS: tuple[tuple[str, str | list[str], str, list[str]], ...] = (
     ("fail", "Reconciling", "Idle", []),
     ("tick", "Idle", "Uncordoning", ["owes_uncordon"]),
     ("tick", "Idle", "Measuring", []),
-    ("next", "Measuring", "Cordoning", ["above_high_threshold"]),
+    ("next", "Measuring", "TakingSlot", ["above_high_threshold"]),
     ("next", "Measuring", "Idle", []),
     ("fail", "Measuring", "Idle", []),
+    ("next", "TakingSlot", "Cordoning", ["slot_granted"]),
+    ("next", "TakingSlot", "PruningContainers", []),
     ("next", "Cordoning", "PruningContainers", []),
     ("next", "PruningContainers", "Uncordoning", ["removals_blocked"]),
     ("next", "PruningContainers", "PruningDangling", []),
     ("next", "PruningDangling", "PruningBuildCache", []),
     ("next", "PruningBuildCache", "Uncordoning", ["freed_enough"]),
+    ("next", "PruningBuildCache", "Uncordoning", ["waiting_for_slot"]),
     ("next", "PruningBuildCache", "PruningAll", []),
     ("next", "PruningAll", "Uncordoning", []),
-    ("fail", ["Cordoning", *PRUNING], "Uncordoning", []),
-    ("stop", ["Cordoning", *PRUNING], "Uncordoning", []),
+    ("fail", ["TakingSlot", "Cordoning", *PRUNING], "Uncordoning", []),
+    ("stop", ["TakingSlot", "Cordoning", *PRUNING], "Uncordoning", []),
     ("next", "Uncordoning", "Stopped", ["stopping"]),
     ("next", "Uncordoning", "Idle", []),
     ("fail", "Uncordoning", "Stopped", ["stopping"]),

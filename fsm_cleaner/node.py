@@ -50,7 +50,9 @@ class Node(Protocol):
 
     def reconcile(self) -> None: ...
 
-    def cordon(self, usage: str) -> None: ...
+    def begin(self) -> None: ...  # journal the cycle's first step, before any cordon slot is taken
+
+    def cordon(self, usage: str, slot: str = "") -> None: ...
 
     def journal(self, state: str) -> None: ...
 
@@ -93,7 +95,10 @@ class NoCluster:
     def reconcile(self) -> None:
         log.info("no node name configured: no cluster to reconcile with")
 
-    def cordon(self, usage: str) -> None:
+    def begin(self) -> None:
+        pass
+
+    def cordon(self, usage: str, slot: str = "") -> None:
         log.info("%s: nothing to cordon", self.why)
 
     def journal(self, state: str) -> None:
@@ -130,10 +135,16 @@ class NodeWriter:
         with _node_must_exist(self.api.node_name):
             self._release("Reconciling")
 
-    def cordon(self, usage: str) -> None:
+    def begin(self) -> None:
+        self.handback_pending = True  # the journal is in progress from here: the hand-back resets it
+        patch = self._write(journal.FIRST, lambda n: journal.begin(n, self.me, journal.now_rfc3339()))
+        if patch is not None and self._renewal is None:  # the journal is ours now: keep it fresh
+            self._renewal = Renewal(self)
+
+    def cordon(self, usage: str, slot: str = "") -> None:
         self.handback_pending = True
-        patch = self._write("Cordoning", lambda n: journal.cordon(n, self.me, journal.now_rfc3339()))
-        if patch is not None:  # the journal is ours now: keep it fresh until the hand-back
+        patch = self._write("Cordoning", lambda n: journal.cordon(n, self.me, journal.now_rfc3339(), slot))
+        if patch is not None and self._renewal is None:
             self._renewal = Renewal(self)
         self._event("Cordoned" if patch and patch.unschedulable else "CleanupStarted",
                     f"fsm-cleaner: {patch.why if patch else 'unreadable journal: node left as it is'}; "
@@ -284,7 +295,10 @@ class DryRunNode:
                  else "nothing")
         log.info("dry run: Reconciling would write: %s; the node is left as it is", would)
 
-    def cordon(self, usage: str) -> None:
+    def begin(self) -> None:
+        pass
+
+    def cordon(self, usage: str, slot: str = "") -> None:
         self.stand_in.cordon(usage)
 
     def journal(self, state: str) -> None:

@@ -17,6 +17,11 @@ def above_high(usage: float, cfg: Config) -> bool:
     return usage >= cfg.threshold_high
 
 
+def critical(usage: float, cfg: Config) -> bool:
+    """At or above CRITICAL_THRESHOLD: the disk comes before the cordon budget and blocking pods."""
+    return cfg.critical_threshold is not None and usage >= cfg.critical_threshold
+
+
 def clean_enough(usage: float, cfg: Config) -> bool:
     """Whether removing more can stop. Without THRESHOLD_LOW the old tool's rule: back under high."""
     if cfg.threshold_low is not None:

@@ -16,6 +16,7 @@ from .clock import Clock
 from .config import Config
 from .plan import RemovalPlan
 from .runtime import Removed
+from .slots import Grant
 
 log = logging.getLogger("fsm_cleaner")
 
@@ -49,6 +50,7 @@ class Cycle:
     cache_found: bool = False  # PruningBuildCache removed entries
     failed: str | None = None
     stopped: bool = False  # cut short by SIGTERM/SIGINT
+    grant: Grant = Grant(cordon=True, images=True)  # what TakingSlot decided
 
 
 class Report:

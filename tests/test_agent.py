@@ -9,18 +9,20 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes.client.exceptions import ApiException
 
 from devtools.fakes import FakeClock, FakeDisk, FakeNodeApi, FakePod, FakeRuntime
-from fsm_cleaner import agent as agent_module
 from fsm_cleaner import config, machine
 from fsm_cleaner.agent import Agent
 from fsm_cleaner.cli import build_agent
 from fsm_cleaner.journal import ANNOTATION, decode
 from fsm_cleaner.kube import PodsForbidden
+from fsm_cleaner.slots import Lease
 
 MiB = 2**20
 FORBIDDEN = ApiException(status=403, reason="Forbidden")  # not transient: the step fails at once
@@ -29,9 +31,9 @@ FORBIDDEN = ApiException(status=403, reason="Forbidden")  # not transient: the s
 def rows() -> set[tuple[str, str, str]]:
     """Every row of the table, one per source."""
     out = set()
-    for trigger, sources, dest, _ in machine.TRANSITIONS:
+    for trigger, sources, dest, conditions in machine.TRANSITIONS:
         for source in [sources] if isinstance(sources, str) else sources:
-            out.add((trigger, source, dest))
+            out.add((trigger, source, dest, tuple(conditions)))
     return out
 
 
@@ -43,6 +45,7 @@ class Bed:
     node: bool = True
     env: dict[str, str] = field(default_factory=dict)
     taken: list[tuple[str, str, str]] = field(default_factory=list)
+    rows: set[tuple[str, str, str, tuple[str, ...]]] = field(default_factory=set)  # with the conditions
 
     def __post_init__(self) -> None:
         self.runtime = FakeRuntime()
@@ -69,9 +72,13 @@ class Bed:
             cfg = config.load(env)
             self._agent = build_agent(cfg, self.runtime, self.api if self.node else None,
                                       clock=self.clock, disk=self.disk)
-            self._agent.machine.before_state_change.append(
-                lambda e: self.taken.append((e.event.name, e.transition.source, e.transition.dest)))
+            self._agent.machine.before_state_change.append(self._record)
         return self._agent
+
+    def _record(self, e: Any) -> None:
+        t = e.transition
+        self.taken.append((e.event.name, t.source, t.dest))
+        self.rows.add((e.event.name, t.source, t.dest, tuple(c.func for c in t.conditions)))
 
     def stop(self) -> None:
         """What SIGTERM's handler does."""
@@ -95,7 +102,7 @@ class Bed:
 def full_cycle_through_pruning_all(bed: Bed) -> None:
     bed.fill()
     assert bed.run() == 0
-    assert bed.states == ["Reconciling", "Idle", "Measuring", "Cordoning", "PruningContainers",
+    assert bed.states == ["Reconciling", "Idle", "Measuring", "TakingSlot", "Cordoning", "PruningContainers",
                           "PruningDangling", "PruningBuildCache", "PruningAll", "Uncordoning", "Idle"]
     assert bed.handed_back()
     assert [p.unschedulable for p in bed.api.patches if p.unschedulable is not None] == [True, False]
@@ -177,9 +184,9 @@ def uncordon_fails_then_the_next_tick_retries_it(bed: Bed) -> None:
 
     def forbid_the_uncordon() -> None:
         writes.append(1)
-        if len(writes) == 6:  # Cordoning, four journal steps, then the uncordon
+        if len(writes) == 7:  # TakingSlot, Cordoning, four journal steps, then the uncordon
             raise FORBIDDEN
-    for _ in range(6):
+    for _ in range(7):
         bed.api.faults.add("write", forbid_the_uncordon)
     bed.clock.at(90, bed.stop)  # in the second Idle wait
     assert bed.run(once=False) == 0
@@ -217,6 +224,32 @@ def a_build_pod_defers_image_removals(bed: Bed) -> None:
     message = (f"fsm-cleaner waiting: pod default/build-1 (selector {SELECTOR}) runs on this node; images, "
                "dangling images and build cache stay until the next tick")
     assert ("RemovalsDeferred", message, False) in bed.api.events
+
+
+def another_node_holds_the_only_slot(bed: Bed) -> None:
+    """MAX_CORDONED 1, held by node-2: what needs no cordon goes, the node stays schedulable, the images
+    wait for a slot."""
+    bed.api.leases.put(Lease("fsm-cleaner-slot-0", "node-2", datetime.now(timezone.utc), 120))
+    bed.fill()
+    images = set(bed.runtime.store)
+    assert bed.run() == 0
+    assert bed.taken[4:6] == [("next", "TakingSlot", "PruningContainers"),
+                              ("next", "PruningContainers", "PruningDangling")]
+    assert bed.taken[-2:] == [("next", "PruningBuildCache", "Uncordoning"), ("next", "Uncordoning", "Idle")]
+    assert all(p.unschedulable is None for p in bed.api.patches)  # never cordoned
+    assert set(bed.runtime.store) == images and not [c for c in bed.runtime.containers if not c.running]
+    assert bed.handed_back() and bed.api.leases.holders() == {"fsm-cleaner-slot-0": "node-2"}
+
+
+def never_cordon(bed: Bed) -> None:
+    """CORDON=false: the whole cycle, images included, with no write to spec.unschedulable."""
+    bed.env["FSM_CLEANER_CORDON"] = "false"
+    bed.fill()
+    assert bed.run() == 0
+    assert ("next", "TakingSlot", "PruningContainers") in bed.taken and "PruningAll" in bed.states
+    assert bed.runtime.removed and bed.disk.used() <= 50 * MiB
+    assert bed.api.patches and all(p.unschedulable is None for p in bed.api.patches)
+    assert bed.handed_back() and bed.api.leases.writes == []
 
 
 def stopped_before_start(bed: Bed) -> None:
@@ -257,12 +290,16 @@ SCENARIOS: list[Callable[[Bed], None]] = [
     reconciling_fails,
     measuring_fails_without_a_runtime,
     a_build_pod_defers_image_removals,
-    fails_in("Cordoning", lambda b: b.api.faults.add("write", FORBIDDEN)),
+    another_node_holds_the_only_slot,
+    never_cordon,
+    fails_in("TakingSlot", lambda b: b.api.leases.faults.add("slot_leases", lambda: None, FORBIDDEN)),
+    fails_in("Cordoning", lambda b: b.api.faults.add("write", lambda: None, FORBIDDEN)),
     fails_in("PruningContainers", lambda b: b.runtime.faults.add("prune_containers", RuntimeError("boom"))),
     fails_in("PruningDangling", lambda b: b.runtime.faults.add("prune_dangling", RuntimeError("boom"))),
     fails_in("PruningBuildCache", lambda b: b.runtime.faults.add("prune_build_cache", RuntimeError("boom"))),
     fails_in("PruningAll", lambda b: b.runtime.faults.add("image_records", RuntimeError("boom"))),
-    stopped_in("Cordoning", lambda b: b.api.faults.add("write", b.stop)),
+    stopped_in("TakingSlot", lambda b: b.api.leases.faults.add("slot_leases", lambda: None, b.stop)),
+    stopped_in("Cordoning", lambda b: b.api.faults.add("write", lambda: None, b.stop)),
     stopped_in("PruningContainers", lambda b: b.runtime.faults.add("prune_containers", b.stop)),
     stopped_in("PruningDangling", lambda b: b.runtime.faults.add("prune_dangling", b.stop)),
     stopped_in("PruningBuildCache", lambda b: b.runtime.faults.add("prune_build_cache", b.stop)),
@@ -283,12 +320,12 @@ def test_scenario(scenario: Callable[[Bed], None], tmp_path: Path) -> None:
 
 
 def test_every_row_of_the_table_is_taken(tmp_path: Path) -> None:
-    taken: set[tuple[str, str, str]] = set()
+    taken: set[tuple[str, str, str, tuple[str, ...]]] = set()
     for n, scenario in enumerate(SCENARIOS):
         (tmp_path / str(n)).mkdir()
         bed = Bed(tmp_path / str(n))
         scenario(bed)
-        taken.update(bed.taken)
+        taken.update(bed.rows)
     assert len(rows()) == sum(1 if isinstance(s, str) else len(s) for _, s, _, _ in machine.TRANSITIONS)
     assert rows() - taken == set()
     assert taken <= rows()
@@ -330,7 +367,7 @@ def test_a_node_deleted_and_registered_again_is_cordoned_by_the_next_cycle(tmp_p
 
     writes = iter(range(100))
     for _ in range(100):
-        bed.api.faults.add("write", lambda: next(writes) == 1 and delete_node())  # PruningContainers' journal
+        bed.api.faults.add("write", lambda: next(writes) == 2 and delete_node())  # PruningContainers' journal
     for _ in range(100):
         bed.runtime.faults.add("remove_image", lambda: cordoned_at_removal.append(bed.api.unschedulable))
     bed.clock.at(200, bed.stop)
@@ -387,8 +424,8 @@ def test_a_pending_build_pod_blocks_too(tmp_path: Path) -> None:
 
 def test_at_the_critical_level_the_disk_comes_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                     caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(agent_module, "CRITICAL_LEVEL", 90.0)  # the fill leaves the disk at 91.5 %
     bed = blocked_bed(tmp_path, FakePod("build-1", "node-1", {"component": "binderhub-build"}))
+    bed.env["FSM_CLEANER_CRITICAL_THRESHOLD"] = "90"  # the fill leaves the disk at 91.5 %
     with caplog.at_level("WARNING", logger="fsm_cleaner"):
         assert bed.run() == 0
     assert "PruningAll" in bed.states and bed.runtime.removed
@@ -399,8 +436,8 @@ def test_at_the_critical_level_the_disk_comes_first(tmp_path: Path, monkeypatch:
 
 def test_below_the_critical_level_the_build_pod_still_blocks(tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(agent_module, "CRITICAL_LEVEL", 95.0)
     bed = blocked_bed(tmp_path, FakePod("build-1", "node-1", {"component": "binderhub-build"}))
+    bed.env["FSM_CLEANER_CRITICAL_THRESHOLD"] = "95"
     assert bed.run() == 0
     assert "PruningDangling" not in bed.states and not bed.runtime.removed
 
