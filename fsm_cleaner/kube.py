@@ -131,13 +131,14 @@ class Kube:
         self.events_namespace = events_namespace
         self.namespace = namespace  # the agent's: the cordon slots' Leases and its DaemonSet
         self.daemonset = daemonset
-        self.leases_api = client.CoordinationV1Api(api.api_client)
+        self.coordination_api = client.CoordinationV1Api(api.api_client)
+        self.apps_api = client.AppsV1Api(api.api_client)
 
     # --- the cordon budget (slots.py) ---
     def slot_leases(self, timeout: Any = REQUEST_TIMEOUT) -> list[Lease]:
         selector = ",".join(f"{k}={v}" for k, v in SLOT_LABELS.items())
         try:
-            found = self.leases_api.list_namespaced_lease(self.namespace, label_selector=selector,
+            found = self.coordination_api.list_namespaced_lease(self.namespace, label_selector=selector,
                                                           _request_timeout=timeout)
         except ApiException as e:
             if e.status == 403:
@@ -157,10 +158,10 @@ class Kube:
                                     renew_time=lease.renewed, lease_transitions=lease.transitions))
         try:
             if lease.resource_version:
-                self.leases_api.replace_namespaced_lease(lease.name, self.namespace, body,
+                self.coordination_api.replace_namespaced_lease(lease.name, self.namespace, body,
                                                          _request_timeout=timeout)
             else:
-                self.leases_api.create_namespaced_lease(self.namespace, body, _request_timeout=timeout)
+                self.coordination_api.create_namespaced_lease(self.namespace, body, _request_timeout=timeout)
         except ApiException as e:
             if e.status == 409:
                 raise SlotConflict(f"lease {lease.name} changed since it was read (409)") from None
@@ -169,8 +170,8 @@ class Kube:
             raise
 
     def daemonset_nodes(self, timeout: Any = REQUEST_TIMEOUT) -> int:
-        apps = client.AppsV1Api(self.api.api_client)
-        ds = apps.read_namespaced_daemon_set(self.daemonset, self.namespace, _request_timeout=timeout)
+        ds = self.apps_api.read_namespaced_daemon_set(self.daemonset, self.namespace,
+                                                      _request_timeout=timeout)
         return int((ds.status and ds.status.desired_number_scheduled) or 0)
 
     def read(self, timeout: Any = REQUEST_TIMEOUT) -> NodeView:

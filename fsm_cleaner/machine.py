@@ -85,7 +85,7 @@ STATES: tuple[StateDoc, ...] = (
               "later tick. Above CRITICAL_THRESHOLD it removes images too, uncordoned (Event "
               "CleaningWithoutCordon). With CORDON=false no slot is taken and no cycle cordons.",
         takes="under a second",
-        cordoned="not yet (a previous cycle's uncordon may still be owed)",
+        cordoned="not by this cycle yet; still so if a dead agent's cordon was taken over with its journal",
         if_killed="The journal says TakingSlot: the next start frees this node's slot; with no restart (node "
                   "gone) the slot frees itself SLOT_LEASE_SECONDS after its last renewal.",
         if_stuck="`kubectl -n NAMESPACE get leases -l app.kubernetes.io/name=fsm-cleaner` shows the holders "

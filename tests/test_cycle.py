@@ -23,8 +23,8 @@ from tests.conftest import (
 )
 
 Cluster = FakeKube | RealCluster
-FULL_CYCLE = ["Reconciling", "Idle", "Measuring", "TakingSlot", "Cordoning", "PruningContainers", "PruningDangling",
-              "PruningBuildCache", "PruningAll", "Uncordoning", "Idle"]
+FULL_CYCLE = ["Reconciling", "Idle", "Measuring", "TakingSlot", "Cordoning", "PruningContainers",
+              "PruningDangling", "PruningBuildCache", "PruningAll", "Uncordoning", "Idle"]
 
 
 def exists(bed: DockerBed, image_id: str) -> bool:
@@ -354,8 +354,8 @@ def test_a_running_build_pod_defers_image_removals_until_it_ends(docker_bed: Doc
 
     run = run_agent(env)
     assert run.code == 0, run.log
-    assert run.states() == ["Reconciling", "Idle", "Measuring", "TakingSlot", "Cordoning", "PruningContainers",
-                            "Uncordoning", "Idle"], run.log
+    assert run.states() == ["Reconciling", "Idle", "Measuring", "TakingSlot", "Cordoning",
+                            "PruningContainers", "Uncordoning", "Idle"], run.log
     assert "waiting: pod binder/build-1 (selector component=binderhub-build) runs on this node; images, " \
            "dangling images and build cache stay until the next tick" in run.log
     assert docker_bed.client().containers.list(all=True) == []  # the stopped container went

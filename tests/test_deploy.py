@@ -35,7 +35,8 @@ OVERLAYS = ("binderhub", "dind", "pink")
 KUSTOMIZATIONS = {"base": DEPLOY, **{name: DEPLOY / "overlays" / name for name in OVERLAYS}}
 NEW, OLD = config.NEW_PREFIX, config.OLD_PREFIX
 DOCKER_ENV = {"DOCKER_HOST"}  # read by the docker SDK (docker.from_env), not by config.py
-HOLDER_ENV = {"POD_NAME"}  # read by node.py: the journal's holder, from the downward API
+# from the downward API: the journal's holder (node.py) and the slots' namespace (config.py)
+HOLDER_ENV = {"POD_NAME", "POD_NAMESPACE"}
 # Per kustomization: (PATH_TO_CHECK in the container, the hostPath mounted there, DOCKER_HOST). dind and
 # pink are BinderHub's builders: the chart's dind.hostLibDir and pink.hostStorageDir, measured where its
 # own image cleaner measures them (/var/lib/<builder>), and their sockets.
@@ -187,6 +188,8 @@ def test_renders_the_expected_objects(rendered):
     assert sorted(by_key(docs)) == sorted([
         ("ClusterRole", "", "fsm-cleaner"),
         ("ClusterRoleBinding", "", "fsm-cleaner"),
+        ("Role", "fsm-cleaner", "fsm-cleaner"),
+        ("RoleBinding", "fsm-cleaner", "fsm-cleaner"),
         ("ConfigMap", "fsm-cleaner", "fsm-cleaner-config"),
         ("DaemonSet", "fsm-cleaner", "fsm-cleaner"),
         ("Namespace", "", "fsm-cleaner"),
@@ -243,22 +246,26 @@ CLIENT_VERBS = {"read": "get", "list": "list", "create": "create", "patch": "pat
 
 
 def api_calls_in_code() -> set[str]:
-    """Names of the Kubernetes client methods fsm_cleaner/kube.py calls (``self.api.<method>(``)."""
+    """Names of the Kubernetes client methods fsm_cleaner/kube.py calls (``self.<x>api.<method>(``)."""
     tree = ast.parse((REPO / "fsm_cleaner" / "kube.py").read_text())
     calls = set()
     for node in ast.walk(tree):
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                and isinstance(node.func.value, ast.Attribute) and node.func.value.attr == "api"):
+                and isinstance(node.func.value, ast.Attribute) and node.func.value.attr.endswith("api")):
             calls.add(node.func.attr)
     return calls
 
 
+API_GROUPS = {"leases": "coordination.k8s.io", "daemonsets": "apps"}  # the rest: core ("")
+NAMESPACED = {"leases", "daemonsets"}  # granted by a Role in the agent's namespace, not the ClusterRole
+
+
 def rbac_rule_for(method: str) -> tuple[str, str, str]:
-    """CoreV1Api method -> (apiGroup, resource, verb): create_namespaced_event -> ("", events, create)."""
+    """Client method -> (apiGroup, resource, verb): create_namespaced_event -> ("", events, create)."""
     match = re.fullmatch(r"([a-z]+)_(?:namespaced_)?([a-z_]+?)(_status)?(?:_for_all_namespaces)?", method)
     assert match and match[1] in CLIENT_VERBS, f"unknown Kubernetes client method {method}"
-    resource = match[2] + "s" + ("/status" if match[3] else "")
-    return "", resource, CLIENT_VERBS[match[1]]
+    resource = match[2].replace("_", "") + "s" + ("/status" if match[3] else "")
+    return API_GROUPS.get(resource, ""), resource, CLIENT_VERBS[match[1]]
 
 
 def imports_the_kubernetes_client(source: str) -> bool:
@@ -276,7 +283,9 @@ def imports_the_kubernetes_client(source: str) -> bool:
 
 def test_code_calls_the_kubernetes_api_only_through_kube_py():
     assert api_calls_in_code() == {"read_node", "patch_node", "list_node", "create_namespaced_event",
-                                   "list_pod_for_all_namespaces"}
+                                   "list_pod_for_all_namespaces", "list_namespaced_lease",
+                                   "create_namespaced_lease", "replace_namespaced_lease",
+                                   "read_namespaced_daemon_set"}
     for module in (REPO / "fsm_cleaner").glob("*.py"):
         if module.name != "kube.py":
             assert not imports_the_kubernetes_client(module.read_text()), module.name
@@ -286,9 +295,9 @@ def test_code_calls_the_kubernetes_api_only_through_kube_py():
 BLOCKING_PODS_RULES = {("", "pods", "list")}
 
 
-def granted_rules(docs: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+def granted_rules(docs: list[dict[str, Any]], kind: str = "ClusterRole") -> set[tuple[str, str, str]]:
     granted = set()
-    for rule in one(docs, "ClusterRole")["rules"]:
+    for rule in one(docs, kind)["rules"]:
         assert set(rule) == {"apiGroups", "resources", "verbs"}, "no resourceNames, nonResourceURLs"
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
@@ -301,10 +310,20 @@ def granted_rules(docs: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
 def test_rbac_is_exactly_what_the_code_calls(rendered):
     _, docs = rendered
     expected = {rbac_rule_for(m) for m in api_calls_in_code()}
-    assert expected == {("", "nodes", "get"), ("", "nodes", "patch"), ("", "nodes", "list"),
-                        ("", "events", "create"), *BLOCKING_PODS_RULES}
-    assert granted_rules(docs) == expected - BLOCKING_PODS_RULES
-    assert not [d for d in docs if d["kind"] in ("Role", "RoleBinding")]
+    in_namespace = {rule for rule in expected if rule[1] in NAMESPACED}
+    leases = {("coordination.k8s.io", "leases", verb) for verb in ("list", "create", "update")}
+    assert in_namespace == leases | {("apps", "daemonsets", "get")}
+    assert expected - in_namespace == {("", "nodes", "get"), ("", "nodes", "patch"), ("", "nodes", "list"),
+                                       ("", "events", "create"), *BLOCKING_PODS_RULES}
+    assert granted_rules(docs) == expected - BLOCKING_PODS_RULES - in_namespace
+    assert granted_rules(docs, "Role") == in_namespace
+    account = one(docs, "ServiceAccount")
+    role_binding = one(docs, "RoleBinding")
+    assert one(docs, "Role")["metadata"]["namespace"] == account["metadata"]["namespace"]
+    assert role_binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                       "name": one(docs, "Role")["metadata"]["name"]}
+    assert role_binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"],
+                                         "namespace": account["metadata"]["namespace"]}]
 
     binding = one(docs, "ClusterRoleBinding")
     account = one(docs, "ServiceAccount")

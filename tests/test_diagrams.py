@@ -213,8 +213,9 @@ def test_svg_boxes_exactly_the_states_that_may_hold_the_cordon(rendered: Path) -
             drawn_inside.add(name)
         else:  # a state outside the box does not touch it either
             assert x1 < left or x0 > right or y1 < top or y0 > bottom, name
-    assert drawn_inside == set(may_hold_cordon()) == {"Cordoning", "PruningContainers", "PruningDangling",
-                                                      "PruningBuildCache", "PruningAll", "Uncordoning"}
+    assert drawn_inside == set(may_hold_cordon()) == {"TakingSlot", "Cordoning", "PruningContainers",
+                                                      "PruningDangling", "PruningBuildCache", "PruningAll",
+                                                      "Uncordoning"}
 
 
 def test_mermaid_boxes_exactly_the_states_that_may_hold_the_cordon(rendered: Path) -> None:
