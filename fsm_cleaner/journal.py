@@ -120,12 +120,12 @@ def decode(raw: str) -> Journal:
             holder=data.get("holder", ""),
             token=data.get("token", ""),
             renewed=data.get("renewed", ""),
-            slot=data.get("slot", ""),
+            slot=data["slot"] if isinstance(data.get("slot"), str) else "",  # shown only: never unreadable
         )
     except (ValueError, TypeError, KeyError) as e:
         raise unreadable(str(e)) from None
     if not (isinstance(journal.state, str) and isinstance(journal.cordoned_by_us, bool)
-            and isinstance(journal.was_unschedulable, bool) and isinstance(journal.slot, str)):
+            and isinstance(journal.was_unschedulable, bool)):
         raise unreadable("wrong field types")
     return journal
 

@@ -9,6 +9,7 @@ Role); pods list only in the optional component deploy/components/blocking-pods 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -131,8 +132,14 @@ class Kube:
         self.events_namespace = events_namespace
         self.namespace = namespace  # the agent's: the cordon slots' Leases and its DaemonSet
         self.daemonset = daemonset
-        self.coordination_api = client.CoordinationV1Api(api.api_client)
-        self.apps_api = client.AppsV1Api(api.api_client)
+
+    @functools.cached_property
+    def coordination_api(self) -> client.CoordinationV1Api:
+        return client.CoordinationV1Api(self.api.api_client)
+
+    @functools.cached_property
+    def apps_api(self) -> client.AppsV1Api:
+        return client.AppsV1Api(self.api.api_client)
 
     # --- the cordon budget (slots.py) ---
     def slot_leases(self, timeout: Any = REQUEST_TIMEOUT) -> list[Lease]:

@@ -72,7 +72,7 @@ def test_run_exits_1_only_when_the_agents_cordon_may_remain(tmp_path: Path) -> N
 def test_the_owed_uncordon_is_retried_at_the_next_tick_before_anything_else(tmp_path: Path) -> None:
     bed = Bed(tmp_path)
     bed.fill()
-    bed.api.faults.add("write", *[lambda: None] * 5, FORBIDDEN)  # cordon, 4 journal writes, uncordon
+    bed.api.faults.add("write", *[lambda: None] * 6, FORBIDDEN)  # TakingSlot, cordon, 4 journal, uncordon
     bed.clock.at(90, bed.stop)  # after the next tick
     assert bed.run(once=False) == 0
     after_failure = bed.taken[bed.taken.index(("fail", "Uncordoning", "Idle")) + 1:]
@@ -113,9 +113,10 @@ def test_a_429_is_retried_after_what_its_retry_after_asks(tmp_path: Path) -> Non
     def refused() -> None:
         attempts.append(bed.clock.now)
         raise too_many
-    bed.api.faults.add("write", refused, lambda: attempts.append(bed.clock.now))  # the cordon's PATCH
+    # the cordon's PATCH, after TakingSlot's journal
+    bed.api.faults.add("write", lambda: None, refused, lambda: attempts.append(bed.clock.now))
     assert bed.run() == 0
-    assert bed.api.patches[0].unschedulable is True  # the second attempt cordoned
+    assert bed.api.patches[1].unschedulable is True  # the second attempt cordoned
     # The first RETRY_MIN_WAIT_SECONDS are held in real time; the rest of the wait on the agent's clock.
     assert attempts[1] - attempts[0] >= 7 - RETRY_MIN_WAIT_SECONDS
 
