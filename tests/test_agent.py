@@ -468,3 +468,50 @@ def test_a_dry_run_says_it_would_wait_and_emits_no_event(tmp_path: Path,
         assert bed.run() == 0
     assert "waiting: pod default/build-1" in caplog.text
     assert bed.api.events == [] and bed.api.patches == []
+
+
+# --- the cordon budget (issue 11) -----------------------------------------------------------------
+
+def test_at_the_critical_level_with_no_slot_free_the_node_cleans_uncordoned_and_says_so(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    bed = Bed(tmp_path, env={"FSM_CLEANER_CRITICAL_THRESHOLD": "90"})  # the fill leaves the disk at 91.5 %
+    bed.api.leases.put(Lease("fsm-cleaner-slot-0", "node-2", datetime.now(timezone.utc), 120))
+    bed.fill()
+    with caplog.at_level("WARNING", logger="fsm_cleaner"):
+        assert bed.run() == 0
+    assert "PruningAll" in bed.states and "Cordoning" not in bed.states
+    assert bed.runtime.removed and bed.disk.used() <= 50 * MiB
+    assert all(p.unschedulable is None for p in bed.api.patches) and bed.handed_back()
+    said = "no cordon slot free (1 held, by node-2), and usage 91.5% is above CRITICAL_THRESHOLD: " \
+           "cleaning without a cordon rather than let the disk fill up"
+    assert said in caplog.text
+    assert ("CleaningWithoutCordon", f"fsm-cleaner: {said}", False) in bed.api.events
+
+
+def test_a_restart_frees_the_slot_its_dead_predecessor_held(tmp_path: Path) -> None:
+    """Killed after taking slot 0 (journal TakingSlot): the next start's Reconciling frees the slot, and
+    the other node's slot stays."""
+    bed = Bed(tmp_path)
+    now = datetime.now(timezone.utc)
+    stamp = now.isoformat().replace("+00:00", "Z")
+    bed.api.annotations[ANNOTATION] = (
+        f'{{"cordoned_by_us":false,"holder":"{bed.agent.node.me.pod}","since":"{stamp}","renewed":"{stamp}",'
+        f'"state":"TakingSlot","token":"dead","was_unschedulable":false}}')
+    bed.api.leases.put(Lease("fsm-cleaner-slot-0", "node-1", now, 120))
+    bed.api.leases.put(Lease("fsm-cleaner-slot-1", "node-2", now, 120))
+    assert bed.run() == 0
+    assert bed.taken[:2] == [("start", "Starting", "Reconciling"), ("next", "Reconciling", "Idle")]
+    assert bed.api.leases.holders() == {"fsm-cleaner-slot-1": "node-2"} and bed.handed_back()
+
+
+def test_the_slot_held_is_named_in_the_journal_and_freed_after_the_uncordon(tmp_path: Path) -> None:
+    bed = Bed(tmp_path)
+    bed.fill()
+    seen: list[tuple[bool, dict[str, str]]] = []
+    for _ in range(20):  # at each node write: cordoned, and who holds which slot
+        bed.api.faults.add("write", lambda: seen.append((bed.api.unschedulable, bed.api.leases.holders())))
+    assert bed.run() == 0
+    assert decode(bed.api.patches[1].annotations[ANNOTATION]).slot == "fsm-cleaner-slot-0"  # Cordoning
+    # from the cordon to the uncordon's write, the slot is held; after it, free
+    assert all(holders == {"fsm-cleaner-slot-0": "node-1"} for cordoned, holders in seen if cordoned)
+    assert bed.api.leases.holders() == {} and bed.handed_back()
