@@ -253,7 +253,10 @@ class Agent:
                  event.event.name, now - self._entered)
         self._entered = now
         self.heartbeat.beat()
-        metrics.record_state(event.transition.dest, cordoned=self.node.handback_pending)
+        # A cycle with no slot (or CORDON=false) holds the node's journal, not a cordon.
+        held = self.node.handback_pending and self.cycle.grant.cordon
+        metrics.record_state(event.transition.dest, cordoned=held,
+                             slot_held=held and bool(self.cycle.grant.slot))
 
     def _runtime(self, name: str, fn: Callable[[], T]) -> T:
         with self.shutdown.stoppable():

@@ -40,6 +40,8 @@ STATE = Gauge(PREFIX + "state", "1 for the state the agent is in, 0 for the othe
 NODE_CORDONED = Gauge(PREFIX + "node_cordoned",
                       "1 from the cordon until the node is handed back (fsm-cleaner may hold it cordoned)",
                       registry=REGISTRY)
+SLOT_HELD = Gauge(PREFIX + "cordon_slot_held",
+                  "1 while this node holds one of the cluster's MAX_CORDONED cordon slots", registry=REGISTRY)
 DISK_USAGE = Gauge(PREFIX + "disk_usage_ratio", "Used share of PATH_TO_CHECK's filesystem, as df computes it",
                    ["kind"], registry=REGISTRY)
 CYCLES = Counter(PREFIX + "cycles", "Cycles by result; skipped: usage was below the high threshold",
@@ -63,10 +65,11 @@ def _label(reason: str) -> str:
     return reason.strip().replace(" ", "_")
 
 
-def record_state(state: str, *, cordoned: bool) -> None:
+def record_state(state: str, *, cordoned: bool, slot_held: bool = False) -> None:
     for name in machine.STATE_NAMES:
         STATE.labels(name).set(1 if name == state else 0)
     NODE_CORDONED.set(1 if cordoned else 0)
+    SLOT_HELD.set(1 if slot_held else 0)
 
 
 def record_usage(stats: disk.FsStats) -> None:

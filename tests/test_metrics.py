@@ -130,6 +130,7 @@ def test_a_retry_of_the_policy_is_counted_by_step() -> None:
 EXPOSED = {
     "fsm_cleaner_state": ("gauge", {"state"}),
     "fsm_cleaner_node_cordoned": ("gauge", set()),
+    "fsm_cleaner_cordon_slot_held": ("gauge", set()),
     "fsm_cleaner_disk_usage_ratio": ("gauge", {"kind"}),
     "fsm_cleaner_cycles": ("counter", {"result"}),
     "fsm_cleaner_cycle_duration_seconds": ("histogram", set()),
@@ -191,6 +192,7 @@ def test_a_cycle_is_recorded_as_its_report_says(tmp_path: Path, node: bool) -> N
     [seen] = during  # while PruningAll removes its first image
     assert total(seen, "fsm_cleaner_state", state="PruningAll") == 1
     assert total(seen, "fsm_cleaner_node_cordoned") == (1 if node else 0)  # no cluster: nothing cordoned
+    assert total(seen, "fsm_cleaner_cordon_slot_held") == (1 if node else 0)
     assert delta(seen, before, "fsm_cleaner_removed_objects_total", kind="container") == 1
     assert delta(seen, before, "fsm_cleaner_cycles_total") == 0  # under way (Reconciling is no cycle)
     assert total(after, "fsm_cleaner_state", state="Idle") == 1
