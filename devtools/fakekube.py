@@ -2,12 +2,21 @@
 
 The real ``kubernetes`` Python client talks to it over HTTP on 127.0.0.1, so tests exercise the
 client's actual wire behaviour (content types, status codes, exception classes) instead of mocks.
-Only what the fsm-cleaner agent and its tests use is served (``FakeKube.ROUTES``): a node's GET and
-PATCH (merge, strategic-merge and JSON patch as the real server applies them, resourceVersion
-preconditions), the node list (for ``kubectl get nodes`` and ``fsm-cleaner status --all``), pod lists in
-all namespaces or one with label and field selectors (pods are added, re-phased and deleted with
-``add_pod``, ``set_pod_phase`` and ``delete_pod``), core/v1 Event creation, and the discovery documents
-kubectl reads first.
+Only what the fsm-cleaner agent and its tests use is served (``FakeKube.ROUTES``):
+
+- nodes: GET and PATCH (merge, strategic-merge and JSON patch as the real server applies them,
+  resourceVersion preconditions), and the list (``kubectl get nodes``, ``fsm-cleaner status --all``);
+- pods: lists in all namespaces or one, with label and field selectors (pods are added, re-phased and
+  deleted with ``add_pod``, ``set_pod_phase`` and ``delete_pod``);
+- core/v1 Event creation;
+- coordination.k8s.io/v1 Leases: GET, list (in a namespace or all, label and field selectors), POST,
+  PUT (conditional on the body's resourceVersion; a missing lease is created; a uid in the body is a
+  precondition), DELETE (with uid/resourceVersion preconditions); MicroTimes are parsed as strictly as
+  Go does. Test side: ``add_lease``, ``lease``, ``leases``, ``mutate_lease``, ``delete_lease``;
+- apps/v1 DaemonSet GET, set up with ``add_daemonset`` and ``set_daemonset_status``;
+- the discovery documents kubectl reads first (``kubectl get nodes``, ``kubectl get leases -n NS``).
+
+Every write takes the next value of one revision counter, as etcd's, whatever the resource.
 Faults (5xx, delays, dropped connections) are injected with ``fail``; tests act around requests
 with the ``on_request`` and ``before_reply`` hooks; every request is logged in ``requests``.
 
@@ -684,7 +693,7 @@ _DAEMONSET_PATH = re.compile(_NS.format(gv="apps/v1", resource="daemonsets") + "
 # digits and a zone, or the whole request is a 400 - which is what the Python client's
 # datetime.isoformat() produces whenever the microseconds are zero, or the datetime is naive.
 RFC3339_MICRO = "2006-01-02T15:04:05.000000Z07:00"
-_MICRO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?P<frac>\.\d{6})(?P<zone>Z|[+-]\d{2}:\d{2})$")
+_MICRO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}(?:Z|[+-]\d{2}:\d{2})$")
 
 # LeaseSpec as stored with the CoordinatedLeaderElection feature gate off (its default): strategy
 # and preferredHolder are dropped like unknown fields.
@@ -725,8 +734,7 @@ def micro_time(value: Any, field: str = "spec.renewTime") -> str:
     if not isinstance(value, str):
         raise _undecodable(f"json: cannot unmarshal {_json_type(value)} into Go struct field "
                            f"LeaseSpec.{field} of type string")
-    m = _MICRO_TIME.match(value)
-    if m is None:
+    if not _MICRO_TIME.match(value):
         # Go names the first part of the layout that did not match; the usual culprits are these.
         tail = value[19:]
         if not re.match(r"\.\d{6}", tail):
@@ -813,7 +821,7 @@ def _normalize_lease(lease: dict[str, Any]) -> dict[str, Any]:
     for key in ("labels", "annotations", "ownerReferences", "generateName"):
         if meta.get(key) in ({}, [], ""):
             meta.pop(key, None)
-    return {"kind": "Lease", "apiVersion": COORDINATION_V1, "metadata": meta, "spec": lease["spec"]}
+    return {"kind": "Lease", "apiVersion": COORDINATION_V1, "metadata": meta, "spec": lease.get("spec") or {}}
 
 
 def _resource_version(value: Any) -> int:
@@ -837,6 +845,11 @@ def _delete_precondition_failed(name: str, what: str, sent: str, stored: str, hi
     # rest.BeforeDelete checks preconditions early, naming the GroupResource by its Kind.
     return _conflict("Lease", name, group=COORDINATION, why=(
         f"the {what} in the precondition ({sent}) does not match the {what} in record ({stored}). {hint}"))
+
+
+# DaemonSetStatus fields without omitempty: sent even when 0 (and required by the Python client).
+_DAEMONSET_STATUS_REQUIRED = ("currentNumberScheduled", "numberMisscheduled", "desiredNumberScheduled",
+                              "numberReady")
 
 
 def _daemonset(namespace: str, name: str, labels: dict[str, str], desired: int, ready: int) -> dict[str, Any]:
@@ -868,10 +881,6 @@ def _daemonset(namespace: str, name: str, labels: dict[str, str], desired: int, 
         },
         "status": status,
     }
-
-
-_DAEMONSET_STATUS_REQUIRED = ("currentNumberScheduled", "numberMisscheduled", "desiredNumberScheduled",
-                              "numberReady")
 
 
 # ---------------------------------------------------------------------------------------------
