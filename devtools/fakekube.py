@@ -2,12 +2,21 @@
 
 The real ``kubernetes`` Python client talks to it over HTTP on 127.0.0.1, so tests exercise the
 client's actual wire behaviour (content types, status codes, exception classes) instead of mocks.
-Only what the fsm-cleaner agent and its tests use is served (``FakeKube.ROUTES``): a node's GET and
-PATCH (merge, strategic-merge and JSON patch as the real server applies them, resourceVersion
-preconditions), the node list (for ``kubectl get nodes`` and ``fsm-cleaner status --all``), pod lists in
-all namespaces or one with label and field selectors (pods are added, re-phased and deleted with
-``add_pod``, ``set_pod_phase`` and ``delete_pod``), core/v1 Event creation, and the discovery documents
-kubectl reads first.
+Only what the fsm-cleaner agent and its tests use is served (``FakeKube.ROUTES``):
+
+- nodes: GET and PATCH (merge, strategic-merge and JSON patch as the real server applies them,
+  resourceVersion preconditions), and the list (``kubectl get nodes``, ``fsm-cleaner status --all``);
+- pods: lists in all namespaces or one, with label and field selectors (pods are added, re-phased and
+  deleted with ``add_pod``, ``set_pod_phase`` and ``delete_pod``);
+- core/v1 Event creation;
+- coordination.k8s.io/v1 Leases: GET, list (in a namespace or all, label and field selectors), POST,
+  PUT (conditional on the body's resourceVersion; a missing lease is created; a uid in the body is a
+  precondition), DELETE (with uid/resourceVersion preconditions); MicroTimes are parsed as strictly as
+  Go does. Test side: ``add_lease``, ``lease``, ``leases``, ``mutate_lease``, ``delete_lease``;
+- apps/v1 DaemonSet GET, set up with ``add_daemonset`` and ``set_daemonset_status``;
+- the discovery documents kubectl reads first (``kubectl get nodes``, ``kubectl get leases -n NS``).
+
+Every write takes the next value of one revision counter, as etcd's, whatever the resource.
 Faults (5xx, delays, dropped connections) are injected with ``fail``; tests act around requests
 with the ``on_request`` and ``before_reply`` hooks; every request is logged in ``requests``.
 
@@ -110,7 +119,8 @@ class ApiError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-        self.reason = reason or _REASONS.get(code, "Unknown")
+        # "" is StatusReasonUnknown: what the apiserver sends for errors that are not API errors
+        self.reason = _REASONS.get(code, "Unknown") if reason is None else reason
         self.details = details
 
     def status(self) -> dict[str, Any]:
@@ -120,43 +130,59 @@ class ApiError(Exception):
 def status_body(
     code: int, message: str, *, reason: str | None = None, details: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """A ``metav1.Status`` failure object as the apiserver returns it."""
+    """A ``metav1.Status`` failure object as the apiserver returns it (an empty reason is omitted)."""
     body: dict[str, Any] = {
         "kind": "Status",
         "apiVersion": "v1",
         "metadata": {},
         "status": "Failure",
         "message": message,
-        "reason": reason or _REASONS.get(code, "Unknown"),
+        "reason": _REASONS.get(code, "Unknown") if reason is None else reason,
         "code": code,
     }
+    if not body["reason"]:
+        del body["reason"]
     if details is not None:
         body["details"] = details
     return body
 
 
-def _not_found(resource: str, name: str) -> ApiError:
-    return ApiError(404, f'{resource} "{name}" not found', details={"name": name, "kind": resource})
+def _details(name: str, kind: str, group: str = "") -> dict[str, Any]:
+    # StatusDetails: the group is omitted for the core group, as Go's omitempty does.
+    return {"name": name, **({"group": group} if group else {}), "kind": kind}
 
 
-def _conflict(resource: str, name: str) -> ApiError:
+def _qualified(resource: str, group: str = "") -> str:
+    """schema.GroupResource (or GroupKind) as the apiserver prints it: ``leases.coordination.k8s.io``."""
+    return f"{resource}.{group}" if group else resource
+
+
+def _not_found(resource: str, name: str, *, group: str = "") -> ApiError:
     return ApiError(
-        409,
-        f'Operation cannot be fulfilled on {resource} "{name}": the object has been modified; '
-        "please apply your changes to the latest version and try again",
-        details={"name": name, "kind": resource},
+        404, f'{_qualified(resource, group)} "{name}" not found', details=_details(name, resource, group)
     )
 
 
-def _invalid(kind: str, name: str, errors: list[tuple[str, str]]) -> ApiError:
+def _conflict(resource: str, name: str, *, group: str = "", why: str | None = None) -> ApiError:
+    why = why or (
+        "the object has been modified; please apply your changes to the latest version and try again"
+    )
+    return ApiError(
+        409,
+        f'Operation cannot be fulfilled on {_qualified(resource, group)} "{name}": {why}',
+        details=_details(name, resource, group),
+    )
+
+
+def _invalid(kind: str, name: str, errors: list[tuple[str, str]], *, group: str = "") -> ApiError:
     """422 in the shape of apimachinery's ``NewInvalid`` (field errors listed in the message)."""
     parts = [f"{field}: {msg}" for field, msg in errors]
     joined = parts[0] if len(parts) == 1 else "[" + ", ".join(parts) + "]"
     causes = [{"reason": "FieldValueInvalid", "message": m, "field": f} for f, m in errors]
     return ApiError(
         422,
-        f'{kind} "{name}" is invalid: {joined}',
-        details={"name": name, "kind": kind, "causes": causes},
+        f'{_qualified(kind, group)} "{name}" is invalid: {joined}',
+        details={**_details(name, kind, group), "causes": causes},
     )
 
 
@@ -651,6 +677,213 @@ def fields_match(requirements: list[Requirement], obj: dict[str, Any],
 
 
 # ---------------------------------------------------------------------------------------------
+# Leases (coordination.k8s.io/v1) and DaemonSets (apps/v1)
+# ---------------------------------------------------------------------------------------------
+
+COORDINATION = "coordination.k8s.io"
+COORDINATION_V1 = f"{COORDINATION}/v1"
+APPS = "apps"
+
+_NS = r"^/apis/{gv}/namespaces/(?P<namespace>[^/]+)/{resource}"
+_LEASES_PATH = re.compile(_NS.format(gv=re.escape(COORDINATION_V1), resource="leases") + "$")
+_LEASE_PATH = re.compile(_NS.format(gv=re.escape(COORDINATION_V1), resource="leases") + "/(?P<name>[^/]+)$")
+_DAEMONSET_PATH = re.compile(_NS.format(gv="apps/v1", resource="daemonsets") + "/(?P<name>[^/]+)$")
+
+# metav1.MicroTime's wire format. Go parses it with time.Parse(RFC3339Micro): exactly six fractional
+# digits and a zone, or the whole request is a 400 - which is what the Python client's
+# datetime.isoformat() produces whenever the microseconds are zero, or the datetime is naive.
+RFC3339_MICRO = "2006-01-02T15:04:05.000000Z07:00"
+_MICRO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}(?:Z|[+-]\d{2}:\d{2})$")
+
+# LeaseSpec as stored with the CoordinatedLeaderElection feature gate off (its default): strategy
+# and preferredHolder are dropped like unknown fields.
+_LEASE_SPEC: dict[str, str] = {
+    "holderIdentity": "string",
+    "leaseDurationSeconds": "int32",
+    "acquireTime": "MicroTime",
+    "renewTime": "MicroTime",
+    "leaseTransitions": "int32",
+}
+# What a write may say about metadata; the rest is the server's (uid and creationTimestamp are set
+# on create and kept on update; resourceVersion and uid are read as preconditions).
+_LEASE_META = ("name", "generateName", "namespace", "uid", "resourceVersion", "labels", "annotations",
+               "ownerReferences")
+
+# The fields every namespaced resource lets a field selector name (DefaultNamespaceScopedAttr).
+_META_FIELDS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "metadata.name": lambda o: o["metadata"]["name"],
+    "metadata.namespace": lambda o: o["metadata"]["namespace"],
+}
+
+
+def _undecodable(why: str) -> ApiError:
+    # The create and update handlers' wording for a body that does not decode into the Go type.
+    return ApiError(400, f'Lease in version "v1" cannot be handled as a Lease: {why}')
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", dict: "object", list: "array"}.get(type(value), "value")
+
+
+def micro_time(value: Any, field: str = "spec.renewTime") -> str:
+    """A MicroTime as the apiserver decodes and re-encodes it: strict RFC3339Micro in, UTC out."""
+    if not isinstance(value, str):
+        raise _undecodable(f"json: cannot unmarshal {_json_type(value)} into Go struct field "
+                           f"LeaseSpec.{field} of type string")
+    if not _MICRO_TIME.match(value):
+        # Go names the first part of the layout that did not match; the usual culprits are these.
+        tail = value[19:]
+        if not re.match(r"\.\d{6}", tail):
+            what = f'cannot parse "{tail}" as ".000000"'
+        elif value[26:] and not re.fullmatch(r"Z|[+-]\d{2}:\d{2}", value[26:]):
+            what = f'cannot parse "{value[26:]}" as "Z07:00"'
+        else:
+            what = f'cannot parse "{value}" as "2006"'
+        raise _undecodable(f'parsing time "{value}" as "{RFC3339_MICRO}": {what}')
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))  # 3.10 has no "Z"
+    except ValueError:
+        raise _undecodable(f'parsing time "{value}": out of range') from None
+    return parsed.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _decode_lease(body: Any) -> dict[str, Any]:
+    """A write's body as the apiserver decodes it into a v1.Lease: a 400 for what would not decode,
+    unknown fields dropped (default field validation only warns), times normalised to UTC."""
+    if not isinstance(body, dict):
+        raise _undecodable(f"json: cannot unmarshal {_json_type(body)} into Go value of type v1.Lease")
+    api_version, kind = body.get("apiVersion"), body.get("kind")
+    if api_version not in (None, "", COORDINATION_V1) or kind not in (None, "", "Lease"):
+        raise ApiError(400, f"{api_version}, Kind={kind} is not a {COORDINATION_V1} Lease")
+    meta, spec = body.get("metadata") or {}, body.get("spec") or {}
+    for name, part in (("ObjectMeta", meta), ("LeaseSpec", spec)):
+        if not isinstance(part, dict):
+            raise _undecodable(f"json: cannot unmarshal {_json_type(part)} into Go value of type v1.{name}")
+    if meta.get("finalizers"):
+        # A finalizer makes a delete graceful (deletionTimestamp, no removal); not modelled.
+        raise ApiError(400, "fakekube does not implement finalizers on leases")
+    out_meta = {k: copy.deepcopy(meta[k]) for k in _LEASE_META if meta.get(k) is not None}
+    for key in ("labels", "annotations"):
+        value = out_meta.get(key, {})
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise _undecodable(f"json: cannot unmarshal {_json_type(value)} into Go struct field "
+                               f"ObjectMeta.metadata.{key} of type map[string]string")
+    out_spec: dict[str, Any] = {}
+    for key, value in spec.items():
+        wanted = _LEASE_SPEC.get(key)
+        if wanted is None or value is None:
+            continue
+        if wanted == "MicroTime":
+            out_spec[key] = micro_time(value, f"spec.{key}")
+        elif wanted == "int32" and not (isinstance(value, int) and not isinstance(value, bool)
+                                        and -(2**31) <= value < 2**31):
+            raise _undecodable(f"json: cannot unmarshal {_json_type(value)} into Go struct field "
+                               f"LeaseSpec.spec.{key} of type int32")
+        elif wanted == "string" and not isinstance(value, str):
+            raise _undecodable(f"json: cannot unmarshal {_json_type(value)} into Go struct field "
+                               f"LeaseSpec.spec.{key} of type string")
+        else:
+            out_spec[key] = copy.deepcopy(value)
+    return {"kind": "Lease", "apiVersion": COORDINATION_V1, "metadata": out_meta, "spec": out_spec}
+
+
+def lease_errors(lease: dict[str, Any]) -> list[tuple[str, str]]:
+    """ValidateLease: the name, labels and annotations, and the two numeric spec fields."""
+    meta, spec = lease["metadata"], lease["spec"]
+    name = meta.get("name", "")
+    errors: list[tuple[str, str]] = []
+    if not name:
+        errors.append(("metadata.name", "Required value: name or generateName is required"))
+    elif len(name) > 253 or not _DNS1123_SUBDOMAIN.match(name):
+        errors.append(("metadata.name", f'Invalid value: "{name}": a lowercase RFC 1123 subdomain must '
+                       "consist of lower case alphanumeric characters, '-' or '.', and must start and end "
+                       "with an alphanumeric character"))
+    if "labels" in meta:
+        errors += _string_map_errors("metadata.labels", meta["labels"], labels=True)
+    if "annotations" in meta:
+        errors += _string_map_errors("metadata.annotations", meta["annotations"], labels=False)
+    if spec.get("leaseDurationSeconds", 1) <= 0:
+        errors.append(("spec.leaseDurationSeconds",
+                       f"Invalid value: {spec['leaseDurationSeconds']}: must be greater than 0"))
+    if spec.get("leaseTransitions", 0) < 0:
+        errors.append(("spec.leaseTransitions",
+                       f"Invalid value: {spec['leaseTransitions']}: must be greater than or equal to 0"))
+    return errors
+
+
+def _normalize_lease(lease: dict[str, Any]) -> dict[str, Any]:
+    """Go's omitempty: empty maps and lists vanish; ``spec`` is a struct, so ``{}`` stays."""
+    meta = lease["metadata"]
+    for key in ("labels", "annotations", "ownerReferences", "generateName"):
+        if meta.get(key) in ({}, [], ""):
+            meta.pop(key, None)
+    return {"kind": "Lease", "apiVersion": COORDINATION_V1, "metadata": meta, "spec": lease.get("spec") or {}}
+
+
+def _resource_version(value: Any) -> int:
+    """A body's metadata.resourceVersion as the storage versioner reads it: absent or "" is 0."""
+    if value in (None, ""):
+        return 0
+    if not isinstance(value, str) or not value.isdigit():
+        raise ApiError(400, f"invalid resourceVersion: {value!r}")
+    return int(value)
+
+
+def _uid_precondition_failed(namespace: str, name: str, sent: str, stored: str) -> ApiError:
+    # An update's body uid is a storage precondition; etcd3's failure, wrapped by InterpretUpdateError.
+    return _conflict("leases", name, group=COORDINATION, why=(
+        f"StorageError: invalid object, Code: 4, Key: /registry/leases/{namespace}/{name}, "
+        f"ResourceVersion: 0, AdditionalErrorMsg: Precondition failed: UID in precondition: {sent}, "
+        f"UID in object meta: {stored}"))
+
+
+def _delete_precondition_failed(name: str, what: str, sent: str, stored: str, hint: str) -> ApiError:
+    # rest.BeforeDelete checks preconditions early, naming the GroupResource by its Kind.
+    return _conflict("Lease", name, group=COORDINATION, why=(
+        f"the {what} in the precondition ({sent}) does not match the {what} in record ({stored}). {hint}"))
+
+
+# DaemonSetStatus fields without omitempty: sent even when 0 (and required by the Python client).
+_DAEMONSET_STATUS_REQUIRED = ("currentNumberScheduled", "numberMisscheduled", "desiredNumberScheduled",
+                              "numberReady")
+
+
+def _daemonset(namespace: str, name: str, labels: dict[str, str], desired: int, ready: int) -> dict[str, Any]:
+    """A DaemonSet as its controller reports it: every desired pod scheduled and up to date."""
+    status: dict[str, Any] = {
+        "currentNumberScheduled": desired,
+        "numberMisscheduled": 0,
+        "desiredNumberScheduled": desired,
+        "numberReady": ready,
+        "observedGeneration": 1,
+        "updatedNumberScheduled": desired,
+        "numberAvailable": ready,
+        "numberUnavailable": desired - ready,
+    }
+    status = {k: v for k, v in status.items() if v or k in _DAEMONSET_STATUS_REQUIRED}  # omitempty
+    selector = {"matchLabels": dict(labels)}
+    return {
+        "kind": "DaemonSet",
+        "apiVersion": "apps/v1",
+        "metadata": {"name": name, "namespace": namespace, "uid": str(uuid.uuid4()),
+                     "creationTimestamp": _now(), "generation": 1, "labels": dict(labels)},
+        "spec": {
+            "selector": selector,
+            "template": {"metadata": {"labels": dict(labels)},
+                         "spec": {"containers": [{"name": name, "image": f"{name}:latest"}]}},
+            "updateStrategy": {"type": "RollingUpdate",
+                               "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}},
+            "revisionHistoryLimit": 10,
+        },
+        "status": status,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
 # HTTP plumbing
 # ---------------------------------------------------------------------------------------------
 
@@ -836,6 +1069,8 @@ class FakeKube:
         self._lock = threading.RLock()
         self._nodes: dict[str, dict[str, Any]] = {}
         self._pods: dict[tuple[str, str], dict[str, Any]] = {}  # by (namespace, name)
+        self._leases: dict[tuple[str, str], dict[str, Any]] = {}  # by (namespace, name)
+        self._daemonsets: dict[tuple[str, str], dict[str, Any]] = {}  # by (namespace, name)
         self._rv = 0
         self._faults: list[_Fault] = []
         self._on_request: list[Callable[[str, str], None]] = []
@@ -1018,6 +1253,77 @@ class FakeKube:
             del self._pods[namespace, name]
             self._next_rv()
 
+    def add_lease(self, namespace: str, name: str, spec: dict[str, Any] | None = None, *,
+                  labels: dict[str, str] | None = None) -> dict[str, Any]:
+        """Create a lease as a POST would (``spec`` in wire form: holderIdentity, renewTime as a
+        MicroTime string...), e.g. one another agent holds. ValueError where the API would refuse."""
+        body = {"metadata": {"name": name, "labels": dict(labels or {})}, "spec": dict(spec or {})}
+        with self._lock:
+            try:
+                return self._insert_lease(namespace, _decode_lease(body))
+            except ApiError as err:
+                raise ValueError(err.message) from None
+
+    def lease(self, namespace: str, name: str) -> dict[str, Any]:
+        with self._lock:
+            return copy.deepcopy(self._leases[namespace, name])
+
+    def leases(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        """A snapshot of the leases in ``namespace`` (all namespaces if None), by namespace and name."""
+        with self._lock:
+            return [copy.deepcopy(lease) for key, lease in sorted(self._leases.items())
+                    if namespace in (None, key[0])]
+
+    def mutate_lease(self, namespace: str, name: str,
+                     fn: Callable[[dict[str, Any]], dict[str, Any] | None]) -> dict[str, Any]:
+        """Like ``mutate`` for a lease: another writer's update, with a new resourceVersion and
+        no validation (the spec's times are stored as given)."""
+        with self._lock:
+            old = self._leases[namespace, name]
+            draft = copy.deepcopy(old)
+            returned = fn(draft)
+            new = _normalize_lease(_drop_nulls(returned if returned is not None else draft))
+            for key in ("name", "namespace", "uid", "creationTimestamp"):
+                new["metadata"][key] = old["metadata"][key]
+            new["metadata"]["resourceVersion"] = self._next_rv()
+            self._leases[namespace, name] = new
+            return copy.deepcopy(new)
+
+    def delete_lease(self, namespace: str, name: str) -> None:
+        with self._lock:
+            del self._leases[namespace, name]
+            self._next_rv()
+
+    def add_daemonset(self, namespace: str, name: str, desired: int, *, ready: int | None = None,
+                      labels: dict[str, str] | None = None) -> dict[str, Any]:
+        """A DaemonSet whose controller has scheduled ``desired`` pods, ``ready`` of them ready
+        (all by default)."""
+        ready = desired if ready is None else ready
+        if not 0 <= ready <= desired:
+            raise ValueError(f"ready must be between 0 and desired ({desired}), not {ready}")
+        with self._lock:
+            if (namespace, name) in self._daemonsets:
+                raise ValueError(f"daemonset {namespace}/{name} already exists")
+            ds = _daemonset(namespace, name, labels or {"app": name}, desired, ready)
+            ds["metadata"]["resourceVersion"] = self._next_rv()
+            self._daemonsets[namespace, name] = ds
+            return copy.deepcopy(ds)
+
+    def set_daemonset_status(self, namespace: str, name: str, *, desired: int | None = None,
+                             ready: int | None = None) -> dict[str, Any]:
+        """As the DaemonSet controller reports a change: nodes join or leave (``desired``), pods
+        become ready or not (``ready``, which defaults to the new ``desired``)."""
+        with self._lock:
+            old = self._daemonsets[namespace, name]
+            desired = old["status"]["desiredNumberScheduled"] if desired is None else desired
+            ready = desired if ready is None else ready
+            if not 0 <= ready <= desired:
+                raise ValueError(f"ready must be between 0 and desired ({desired}), not {ready}")
+            ds = _daemonset(namespace, name, old["metadata"]["labels"], desired, ready)
+            ds["metadata"] = {**old["metadata"], "resourceVersion": self._next_rv()}
+            self._daemonsets[namespace, name] = ds
+            return copy.deepcopy(ds)
+
     def mutate(self, name: str, fn: Callable[[dict[str, Any]], dict[str, Any] | None]) -> dict[str, Any]:
         """Apply ``fn`` to a copy of the node (in place, or return a replacement) and store it
         with a new resourceVersion, as a concurrent writer would. No validation: tests may set
@@ -1119,11 +1425,14 @@ class FakeKube:
         return None
 
     def _fault_status(self, code: int, path: str) -> dict[str, Any]:
-        m = _NODE_PATH.match(path)
-        if m and code == 409:
-            return _conflict("nodes", unquote(m["name"])).status()
-        if m and code == 404:
-            return _not_found("nodes", unquote(m["name"])).status()
+        """An injected 409 or 404 on one object's path looks like that resource's real one."""
+        for pattern, resource, group in ((_NODE_PATH, "nodes", ""), (_LEASE_PATH, "leases", COORDINATION),
+                                         (_DAEMONSET_PATH, "daemonsets", APPS)):
+            m = pattern.match(path)
+            if m and code == 409:
+                return _conflict(resource, unquote(m["name"]), group=group).status()
+            if m and code == 404:
+                return _not_found(resource, unquote(m["name"]), group=group).status()
         return status_body(code, f"fakekube: injected fault ({code})")
 
     def _dispatch(
@@ -1278,11 +1587,134 @@ class FakeKube:
         self.events.append(body)
         return 201, copy.deepcopy(body)
 
+    # -- leases ---------------------------------------------------------------------------------
+
+    def _get_lease(self, namespace: str, name: str) -> dict[str, Any]:
+        try:
+            return self._leases[namespace, name]
+        except KeyError:
+            raise _not_found("leases", name, group=COORDINATION) from None
+
+    def _read_lease(self, call: Call, namespace: str, name: str) -> tuple[int, Any]:
+        return 200, copy.deepcopy(self._get_lease(namespace, name))
+
+    def _list_leases(self, call: Call, namespace: str | None = None) -> tuple[int, Any]:
+        if call.query.get("watch") in ("true", "1"):
+            raise ApiError(400, "fakekube does not implement watch")
+        labels = parse_label_selector(call.query.get("labelSelector", ""))
+        fields = parse_field_selector(call.query.get("fieldSelector", ""), _META_FIELDS)
+        # Items in a typed list carry no kind/apiVersion; the list's limit is ignored (no paging).
+        items = [{k: copy.deepcopy(v) for k, v in lease.items() if k not in ("kind", "apiVersion")}
+                 for key, lease in sorted(self._leases.items())
+                 if namespace in (None, key[0]) and labels_match(labels, lease["metadata"].get("labels", {}))
+                 and fields_match(fields, lease, _META_FIELDS)]
+        return 200, {"kind": "LeaseList", "apiVersion": COORDINATION_V1,
+                     "metadata": {"resourceVersion": str(self._rv)}, "items": items}
+
+    def _create_lease(self, call: Call, namespace: str) -> tuple[int, Any]:
+        _require_json(call.content_type)
+        _no_dry_run(call)
+        lease = _decode_lease(call.body)
+        if lease["metadata"].get("namespace") not in (None, "", namespace):
+            raise ApiError(
+                400,
+                "the namespace of the provided object does not match the namespace sent on the request",
+            )
+        return 201, self._insert_lease(namespace, lease)
+
+    def _insert_lease(self, namespace: str, lease: dict[str, Any]) -> dict[str, Any]:
+        """The create path, in the registry's order: system fields, validation (422), a
+        resourceVersion in the body (the storage's error, a 500), the name taken (409)."""
+        meta = lease["metadata"]
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = meta["generateName"] + "".join(random.choices(_NAME_SUFFIX_CHARS, k=5))
+        name = meta.get("name", "")
+        meta.update(namespace=namespace, uid=str(uuid.uuid4()), creationTimestamp=_now())
+        lease = _normalize_lease(lease)
+        errors = lease_errors(lease)
+        if errors:
+            raise _invalid("Lease", name, errors, group=COORDINATION)
+        if _resource_version(meta.pop("resourceVersion", None)) != 0:
+            raise ApiError(500, "resourceVersion should not be set on objects to be created", reason="")
+        if (namespace, name) in self._leases:
+            raise ApiError(409, f'leases.{COORDINATION} "{name}" already exists', reason="AlreadyExists",
+                           details=_details(name, "leases", COORDINATION))
+        meta["resourceVersion"] = self._next_rv()
+        self._leases[namespace, name] = lease
+        return copy.deepcopy(lease)
+
+    def _replace_lease(self, call: Call, namespace: str, name: str) -> tuple[int, Any]:
+        """PUT as the generic registry does it for leases: a uid in the body is a precondition;
+        a missing lease is created (AllowCreateOnUpdate); otherwise the body's resourceVersion must
+        be the stored one (AllowUnconditionalUpdate is false, so an absent one is a 422)."""
+        _require_json(call.content_type)
+        _no_dry_run(call)
+        lease = _decode_lease(call.body)
+        meta = lease["metadata"]
+        if meta.get("name") != name:
+            raise ApiError(400, f"the name of the object ({meta.get('name', '')}) does not match the name "
+                                f"on the URL ({name})")
+        if meta.get("namespace") not in (None, "", namespace):
+            raise ApiError(400, f"the namespace of the object ({meta['namespace']}) does not match the "
+                                f"namespace on the URL ({namespace})")
+        old = self._leases.get((namespace, name))
+        old_uid = old["metadata"]["uid"] if old else ""
+        if meta.get("uid") not in (None, "", old_uid):
+            raise _uid_precondition_failed(namespace, name, meta["uid"], old_uid)
+        if old is None:
+            return 201, self._insert_lease(namespace, {**lease, "metadata": {**meta, "resourceVersion": ""}})
+        sent = _resource_version(meta.get("resourceVersion"))
+        if sent == 0:
+            raise _invalid("leases", name, [("metadata.resourceVersion",
+                                             "Invalid value: 0x0: must be specified for an update")],
+                           group=COORDINATION)
+        if str(sent) != old["metadata"]["resourceVersion"]:
+            raise _conflict("leases", name, group=COORDINATION)
+        meta.update(namespace=namespace, uid=old_uid, creationTimestamp=old["metadata"]["creationTimestamp"],
+                    resourceVersion=old["metadata"]["resourceVersion"])
+        new = _normalize_lease(lease)
+        errors = lease_errors(new)
+        if errors:
+            raise _invalid("Lease", name, errors, group=COORDINATION)
+        if _json_equal(new, old):  # no-op: etcd is not written, the revision stays
+            return 200, copy.deepcopy(old)
+        new["metadata"]["resourceVersion"] = self._next_rv()
+        self._leases[namespace, name] = new
+        return 200, copy.deepcopy(new)
+
+    def _delete_lease(self, call: Call, namespace: str, name: str) -> tuple[int, Any]:
+        _no_dry_run(call)
+        options = call.body if call.body is not None else {}
+        if not isinstance(options, dict) or not isinstance(options.get("preconditions") or {}, dict):
+            raise ApiError(400, "the request body is not a DeleteOptions object")
+        if options.get("dryRun"):
+            raise ApiError(400, "fakekube does not implement dryRun")
+        meta = self._get_lease(namespace, name)["metadata"]
+        pre = options.get("preconditions") or {}
+        if pre.get("uid") is not None and pre["uid"] != meta["uid"]:
+            raise _delete_precondition_failed(name, "UID", pre["uid"], meta["uid"],
+                                              "The object might have been deleted and then recreated")
+        if pre.get("resourceVersion") is not None and pre["resourceVersion"] != meta["resourceVersion"]:
+            raise _delete_precondition_failed(name, "ResourceVersion", pre["resourceVersion"],
+                                              meta["resourceVersion"], "The object might have been modified")
+        del self._leases[namespace, name]
+        self._next_rv()  # a delete is an etcd revision too
+        # Leases are not returned on delete (ReturnDeletedObject is false): a Success Status.
+        return 200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                     "details": {**_details(name, "leases", COORDINATION), "uid": meta["uid"]}}
+
+    # -- daemonsets -----------------------------------------------------------------------------
+
+    def _read_daemonset(self, call: Call, namespace: str, name: str) -> tuple[int, Any]:
+        try:
+            return 200, copy.deepcopy(self._daemonsets[namespace, name])
+        except KeyError:
+            raise _not_found("daemonsets", name, group=APPS) from None
+
     # The API served, besides discovery: (method, path pattern, handler). A handler gets the Call
     # and the pattern's named groups, under the state lock, and returns (status code, object) or
-    # raises ApiError. Another resource (a coordination.k8s.io/v1
-    # Lease, a pod list) is its store in __init__, its handlers, its rows here and its entry in
-    # RESOURCES.
+    # raises ApiError. Another resource is its store in __init__, its handlers, its rows here and
+    # its entry in RESOURCES (discovery); faults need nothing (they match any path).
     ROUTES: list[tuple[str, re.Pattern[str], Callable[..., tuple[int, Any]]]] = [
         ("GET", re.compile(r"^/api/v1/nodes$"), _list_nodes),
         ("GET", _NODE_PATH, _read_node),
@@ -1290,6 +1722,13 @@ class FakeKube:
         ("POST", re.compile(r"^/api/v1/namespaces/(?P<namespace>[^/]+)/events$"), _create_event),
         ("GET", re.compile(r"^/api/v1/pods$"), _list_pods),
         ("GET", re.compile(r"^/api/v1/namespaces/(?P<namespace>[^/]+)/pods$"), _list_pods),
+        ("GET", re.compile(rf"^/apis/{re.escape(COORDINATION_V1)}/leases$"), _list_leases),
+        ("GET", _LEASES_PATH, _list_leases),
+        ("POST", _LEASES_PATH, _create_lease),
+        ("GET", _LEASE_PATH, _read_lease),
+        ("PUT", _LEASE_PATH, _replace_lease),
+        ("DELETE", _LEASE_PATH, _delete_lease),
+        ("GET", _DAEMONSET_PATH, _read_daemonset),
     ]
 
 
@@ -1304,6 +1743,12 @@ def check_resource_version(sent: Any, stored: str, resource: str, name: str) -> 
         raise _conflict(resource, name)
 
 
+def _no_dry_run(call: Call) -> None:
+    # Not modelled: an error, never a write that should not have happened.
+    if call.query.get("dryRun"):
+        raise ApiError(400, "fakekube does not implement dryRun")
+
+
 def _require_json(ctype: str | None) -> None:
     # The client always sends application/json for create/update; be lenient about a missing one.
     if ctype not in (None, "application/json"):
@@ -1314,7 +1759,7 @@ def _require_json(ctype: str | None) -> None:
         )
 
 
-# Discovery: what each API group version serves (kubectl reads these before it lists nodes).
+# Discovery: what each API group version serves (kubectl reads these before it lists anything).
 # Core resources are under "v1", a group's under "GROUP/VERSION".
 RESOURCES: dict[str, list[dict[str, Any]]] = {
     "v1": [
@@ -1324,6 +1769,14 @@ RESOURCES: dict[str, list[dict[str, Any]]] = {
          "verbs": ["create"], "shortNames": ["ev"]},
         {"name": "pods", "singularName": "pod", "namespaced": True, "kind": "Pod",
          "verbs": ["list"], "shortNames": ["po"]},
+    ],
+    COORDINATION_V1: [
+        {"name": "leases", "singularName": "lease", "namespaced": True, "kind": "Lease",
+         "verbs": ["create", "delete", "get", "list", "update"]},
+    ],
+    "apps/v1": [
+        {"name": "daemonsets", "singularName": "daemonset", "namespaced": True, "kind": "DaemonSet",
+         "verbs": ["get"], "shortNames": ["ds"], "categories": ["all"]},
     ],
 }
 
