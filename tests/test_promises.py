@@ -173,7 +173,9 @@ def test_events_go_to_events_namespace(cluster: FakeKube, tmp_path: Path,
                             disk=FakeDisk(runtime, total=100 * MiB, base=40 * MiB))
     assert agent.run(once=True) == 0
     posted = {r.path for r in fake.requests if r.method == "POST"}
-    assert posted == {"/api/v1/namespaces/fsm-events/events"}
+    # Events in EVENTS_NAMESPACE; the cordon slot in the agent's namespace (no POD_NAMESPACE here: default)
+    assert posted == {"/api/v1/namespaces/fsm-events/events",
+                      "/apis/coordination.k8s.io/v1/namespaces/default/leases"}
     assert {e["reason"] for e in fake.events} >= {"Cordoned", "Uncordoned"}
     assert {e["metadata"]["namespace"] for e in fake.events} == {"fsm-events"}
 
