@@ -18,7 +18,8 @@ Only what the fsm-cleaner agent and its tests use is served (``FakeKube.ROUTES``
 
 Every write takes the next value of one revision counter, as etcd's, whatever the resource.
 Faults (5xx, delays, dropped connections) are injected with ``fail``; tests act around requests
-with the ``on_request`` and ``before_reply`` hooks; every request is logged in ``requests``.
+with the ``on_request`` and ``before_reply`` hooks; every request is logged in ``requests``, and the
+unschedulable nodes after every node PATCH in ``cordoned_history``.
 
 Server side is stdlib only. Run in-process (``with FakeKube() as fk: ...``) or standalone::
 
@@ -1077,6 +1078,9 @@ class FakeKube:
         self._before_reply: list[Callable[[str, str, int, Any], None]] = []
         self.requests: list[Request] = []
         self.events: list[dict[str, Any]] = []
+        # The unschedulable nodes after each node PATCH, recorded under the lock that serialises the
+        # writes: the cluster's cordons at every instant at which they changed through the API.
+        self.cordoned_history: list[frozenset[str]] = []
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -1539,7 +1543,11 @@ class FakeKube:
             return copy.deepcopy(old)
         new["metadata"]["resourceVersion"] = self._next_rv()
         self._nodes[name] = new
+        self.cordoned_history.append(self._cordoned())
         return copy.deepcopy(new)
+
+    def _cordoned(self) -> frozenset[str]:
+        return frozenset(n for n, node in self._nodes.items() if node.get("spec", {}).get("unschedulable"))
 
     # -- pods -----------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import math
+from datetime import datetime
 from typing import Any
 
 from kubernetes import client, config
@@ -115,6 +116,12 @@ def _not_applied(e: ApiException) -> bool:
 SLOT_LABELS = {"app.kubernetes.io/name": "fsm-cleaner", "app.kubernetes.io/component": "cordon-slot"}
 
 
+def _micro(when: datetime | None) -> datetime | None:
+    """The client writes a datetime with isoformat(), which drops a zero fraction, and the API server
+    parses a MicroTime only with six fractional digits: never send a whole second."""
+    return when.replace(microsecond=1) if when is not None and when.microsecond == 0 else when
+
+
 def _lease_view(lease: Any) -> Lease:
     spec = lease.spec
     return Lease(name=lease.metadata.name, holder=(spec and spec.holder_identity) or "",
@@ -161,8 +168,8 @@ class Kube:
                                          resource_version=lease.resource_version or None),
             spec=client.V1LeaseSpec(holder_identity=lease.holder or None,
                                     lease_duration_seconds=int(math.ceil(lease.duration)),
-                                    acquire_time=lease.acquired,
-                                    renew_time=lease.renewed, lease_transitions=lease.transitions))
+                                    acquire_time=_micro(lease.acquired),
+                                    renew_time=_micro(lease.renewed), lease_transitions=lease.transitions))
         try:
             if lease.resource_version:
                 self.coordination_api.replace_namespaced_lease(lease.name, self.namespace, body,

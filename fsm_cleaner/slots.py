@@ -187,16 +187,26 @@ class CordonBudget:
         self._stop_renewal()
 
         def attempt() -> list[str]:
-            freed = []
-            for lease in self.api.slot_leases(self._timeout()):
-                if lease.holder == self.me:
-                    with self._lock:
-                        self.api.put_lease(replace(lease, holder="", renewed=None, acquired=None),
-                                           self._timeout())
-                    freed.append(lease.name)
-            return freed
+            freed: list[str] = []
+            for _ in range(MAX_CONFLICTS):
+                try:
+                    for lease in self.api.slot_leases(self._timeout()):
+                        if lease.holder == self.me and lease.name not in freed:
+                            with self._lock:
+                                self.api.put_lease(replace(lease, holder="", renewed=None, acquired=None),
+                                                   self._timeout())
+                            freed.append(lease.name)
+                    return freed
+                except SlotConflict:  # written since the list (a renewal in flight): list again
+                    continue
+            raise SlotConflict("the slot kept changing while it was being freed")
 
-        freed = step.run(self.cfg, self.shutdown, "releasing the cordon slot", attempt, patient=True)
+        try:
+            freed = step.run(self.cfg, self.shutdown, "releasing the cordon slot", attempt)
+        except step.StepFailed as e:  # not the node's problem: the slot frees itself, unrenewed
+            log.warning("%s; the slot frees itself %g s after its last renewal", e,
+                        self.cfg.slot_lease_seconds)
+            return
         if freed:
             log.info("cordon slot %s freed", ", ".join(freed))
 
