@@ -13,6 +13,7 @@ import signal
 
 import pytest
 
+from tests.conftest import NODE
 from tests.crash.conftest import (
     RECOVER_BOUND,
     AgentProcess,
@@ -25,6 +26,7 @@ from tests.crash.conftest import (
 
 # (case id, journal state whose write triggers the kill or None, what the journal says at the kill)
 KILL_POINTS = [
+    ("TakingSlot", "TakingSlot", "TakingSlot"),
     ("Cordoning", "Cordoning", "Cordoning"),
     ("PruningContainers", "PruningContainers", "PruningContainers"),
     ("PruningDangling", "PruningDangling", "PruningDangling"),
@@ -33,6 +35,15 @@ KILL_POINTS = [
     ("Uncordoning-before-write", None, "PruningAll"),
     ("Uncordoning-after-write", "Idle", "Idle"),
 ]
+
+
+SLOT0 = "fsm-cleaner-slot-0"
+
+
+def slot_holders(scene: Scene) -> dict[str, str]:
+    """The cordon slots' holders (the agents here run in the default namespace)."""
+    return {lease["metadata"]["name"]: lease["spec"]["holderIdentity"]
+            for lease in scene.cluster.leases("default") if lease["spec"].get("holderIdentity")}
 
 
 def kill_at(scene: Scene, agent: AgentProcess, after_write_of: str | None) -> dict[str, float]:
@@ -78,11 +89,18 @@ def test_sigkill_then_restart(scene: Scene, agents, row: Row, case: str, after_w
     assert "t" in killed, agent.log
     at_kill = scene.watch.last()
     assert at_kill.state == journal_at_kill
-    assert at_kill.unschedulable is (journal_at_kill != "Idle")  # ours until the release lands
+    # ours from the cordon until the release lands
+    assert at_kill.unschedulable is (journal_at_kill not in ("Idle", "TakingSlot"))
+    # the cordon slot is taken after TakingSlot's journal write, and freed after the uncordon has landed
+    held_at_kill = slot_holders(scene)
+    assert held_at_kill == ({} if journal_at_kill == "TakingSlot" else {SLOT0: NODE}), held_at_kill
     if case == "PruningContainers":
         # the write landed, the prune had not begun
         assert scene.bed.client().containers.get(scene.stopped_container)
     restart_and_check(scene, agents, row, killed["t"], journal_at_kill)
+    assert slot_holders(scene) == {}
+    if held_at_kill:
+        row.invariants.append("the slot it held freed")
     if case == "Uncordoning-before-write":
         assert not any(image_exists(scene.bed, i) for i in scene.old_images)
     row.note = f"journal at the kill: {journal_at_kill}"
