@@ -186,9 +186,11 @@ class Agent:
             self.report.new_cycle()
         if self.cycle.cordoned_at is not None:
             self.cycle.cordon_seconds = self.clock.monotonic() - self.cycle.cordoned_at
-        self.node.uncordon()
-        if not self.node.handback_pending:  # the slot covers the cordon: freed once that is undone
-            self.slots.release()
+        try:
+            self.node.uncordon()
+        finally:  # the slot covers the cordon: freed once that is undone, or the node is gone (404)
+            if not self.node.handback_pending:
+                self.slots.release()
 
     def on_enter_Idle(self, event: Any) -> None:
         source = event.transition.source

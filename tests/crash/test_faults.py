@@ -24,7 +24,7 @@ from tests.crash.conftest import (
     wait_until,
 )
 
-CYCLE = ["Cordoning", "PruningContainers", "PruningDangling", "PruningBuildCache", "PruningAll",
+CYCLE = ["TakingSlot", "Cordoning", "PruningContainers", "PruningDangling", "PruningBuildCache", "PruningAll",
          "Uncordoning"]
 
 
@@ -45,7 +45,8 @@ def test_api_500s_on_the_first_writes_and_on_the_uncordon(scene: Scene, agents, 
     agent = agents(scene.env()).start()
     assert agent.wait(90) == 0, agent.log
     assert full_cycle(agent), agent.log
-    assert agent.count(r"Cordoning: attempt \d failed \(Kubernetes API 500") == 3
+    # TakingSlot's journal write is the first PATCH, the cordon the next
+    assert agent.count(r"(TakingSlot|Cordoning): attempt \d failed \(Kubernetes API 500") == 3
     assert agent.count(r"Uncordoning: attempt \d+ failed \(Kubernetes API 500") == 8
     row.invariants = scene.check_handed_back() + ["retried, exit 0", "uncordon outlasts RETRY_ATTEMPTS"]
     row.recover, row.since = scene.watch.recovered_after(fault["t"], False), "first failed uncordon"
@@ -70,7 +71,7 @@ def test_api_read_timeouts_whose_writes_land_late(scene: Scene, agents, row: Row
     cordon: dict[str, float] = {}
     fault: dict[str, float] = {}
     scene.watch.before("PATCH", lambda: land_late(scene, agent, "Cordoning", "Cordoning", cordon),
-                       journal=None)
+                       journal="TakingSlot")
     scene.watch.before("PATCH", lambda: land_late(scene, agent, "Uncordoning", "Idle", fault),
                        journal="PruningAll")
     agent.start()
@@ -100,7 +101,7 @@ def test_a_concurrent_writer_between_the_cordons_read_and_write(scene: Scene, ag
             else:
                 node["spec"]["unschedulable"] = True
         scene.cluster.mutate(NODE, change)
-    scene.watch.before("PATCH", concurrent_write, journal=None)
+    scene.watch.before("PATCH", concurrent_write, journal="TakingSlot")
     agent = agents(scene.env()).start()
     assert agent.wait(60) == 0, agent.log
     assert full_cycle(agent), agent.log
@@ -174,7 +175,7 @@ def test_node_deleted_mid_cycle_then_registered_again(scene: Scene, agents, row:
     gone = agent.wait_for(NOT_FOUND)
     # the next cycle reads the node again (and, finding none, cordons and removes nothing)
     tick = agent.wait_for(r"Idle -> Measuring", start=gone.index)
-    agent.wait_for(r"Cordoning failed: .*not found", start=tick.index)
+    agent.wait_for(r"TakingSlot failed: .*not found", start=tick.index)
     assert agent.running and agent.count("Traceback") == 0, agent.log
     assert all(image_exists(scene.bed, i) for i in scene.old_images)  # nothing removed without a cordon
     records = len(scene.watch.records)
@@ -182,9 +183,10 @@ def test_node_deleted_mid_cycle_then_registered_again(scene: Scene, agents, row:
     registered = len(agent.lines)
     agent.wait_for(r"cycle done", start=registered, timeout=60)
     after = scene.watch.records[records:]
-    assert [r.state for r in after] == ["Cordoning", "PruningContainers", "PruningDangling",
+    assert [r.state for r in after] == ["TakingSlot", "Cordoning", "PruningContainers", "PruningDangling",
                                         "PruningBuildCache", "PruningAll", "Idle"], after
-    assert all(r.unschedulable for r in after[:-1]) and not after[-1].unschedulable
+    assert all(r.unschedulable for r in after[1:-1]) and not after[-1].unschedulable
+    assert not scene.cluster.leases("default")[0]["spec"].get("holderIdentity")  # the slot freed
     assert not any(image_exists(scene.bed, i) for i in scene.old_images), agent.log  # removed, cordoned
     t = agent.signal(signal.SIGTERM)
     assert agent.wait(STOP_TIMEOUT + 5) == 0, agent.log
