@@ -228,8 +228,9 @@ class NodeWriter:
             log.warning("%s: %s", name, left_alone[0])
         elif patch is not None:
             log.info("%s: %s", name, patch.why)
-            self._event("Uncordoned" if patch.unschedulable is False else "Reconciled",
-                        f"fsm-cleaner {name}: {patch.why}")
+            reason = ("Uncordoned" if patch.unschedulable is False else "Reconciled" if name == "Reconciling"
+                      else "CleanupDone")  # a cycle that had no cordon to undo (no slot, CORDON=false)
+            self._event(reason, f"fsm-cleaner {name}: {patch.why}")
 
     def _stop_renewal(self) -> None:
         if self._renewal is not None:

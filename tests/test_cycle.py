@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -322,6 +323,8 @@ BAD_CONFIG = [
     ({"DOCKER_IMAGE_CLEANER_THRESHOLD_HIGH": "50", "DOCKER_IMAGE_CLEANER_THRESHOLD_LOW": "60"}, "is above"),
     ({"DOCKER_IMAGE_CLEANER_INTERVAL_SECONDS": "five"}, "DOCKER_IMAGE_CLEANER_INTERVAL_SECONDS='five'"),
     ({"DOCKER_IMAGE_CLEANER_PATH_TO_CHECK": "/nonexistent"}, "does not exist"),
+    ({"FSM_CLEANER_MAX_CORDONED": "two"}, "FSM_CLEANER_MAX_CORDONED='two' is not a node count"),
+    ({"FSM_CLEANER_CORDON": "sometimes"}, "FSM_CLEANER_CORDON='sometimes' is not a boolean"),
 ]
 
 
@@ -371,3 +374,24 @@ def test_a_running_build_pod_defers_image_removals_until_it_ends(docker_bed: Doc
     assert not exists(docker_bed, old)
     assert "waiting:" not in run.log
     assert_handed_back(cluster)
+
+
+def test_cordon_false_cleans_everything_with_no_write_to_unschedulable(docker_bed: DockerBed,
+                                                                       cluster: Cluster, tmp_path) -> None:
+    """CORDON=false (BinderHub's cordon: false, a single-node cluster): the whole cycle, images included,
+    the journal and the Events kept, and not one write to spec.unschedulable nor to a cordon slot."""
+    cluster = needs_fake(cluster)
+    old = docker_bed.build_image("app:old", 20)
+    docker_bed.run_container(old, running=False)
+    run = run_agent(above(docker_bed, tmp_path, FSM_CLEANER_CORDON="false"))
+    assert run.code == 0, run.log
+    no_cordon = [s for s in FULL_CYCLE if s != "Cordoning"]
+    assert run.states() == no_cordon, run.log
+    assert "TakingSlot: CORDON=false: cleaning without a cordon" in run.log
+    assert not exists(docker_bed, old) and "removed 1 containers and 1 images" in run.log
+    patches = [r for r in cluster.requests if r.method == "PATCH"]
+    assert patches and not any("unschedulable" in json.dumps(r.body) for r in patches)
+    assert cluster.cordoned_history and not any(cluster.cordoned_history)
+    assert not [r for r in cluster.requests if "leases" in r.path]
+    assert_handed_back(cluster)
+    assert "CleanupDone" in {e["reason"] for e in cluster.events}
