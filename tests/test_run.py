@@ -16,7 +16,7 @@ def test_a_node_that_does_not_exist_at_start_is_a_configuration_error(
     api = FakeNodeApi("node-1")
     api.exists = False
     runtime = FakeRuntime()
-    monkeypatch.setattr(cli, "_kube", lambda name, namespace="default": api)
+    monkeypatch.setattr(cli, "_kube", lambda name, namespace="default", cfg=None: api)
     monkeypatch.setattr(docker_runtime.Docker, "from_env", classmethod(lambda cls, t: runtime))
     monkeypatch.setenv("FSM_CLEANER_PATH_TO_CHECK", str(tmp_path))
     monkeypatch.setenv("FSM_CLEANER_NODE_NAME", "node-1")

@@ -75,7 +75,8 @@ def test_a_hostile_journal_does_not_stop_cleaning(docker_bed, fake, tmp_path, ag
     assert max(len(line) for line in agent.log.splitlines()) < 1000  # logged as a bounded excerpt
     assert not any(image_exists(scene.bed, i) for i in scene.old_images)
     # the cordon was ours (the node was schedulable): written over the hostile value, then handed back
-    assert scene.watch.records[1].state == "Cordoning" and scene.watch.records[1].unschedulable
+    assert scene.watch.records[1].state == "TakingSlot"  # the hostile value replaced by the cycle's journal
+    assert scene.watch.records[2].state == "Cordoning" and scene.watch.records[2].unschedulable
     row.invariants = ["status exits 0 with an excerpt", "logged as an excerpt", "a full cycle, exit 0",
                       *scene.check_handed_back()]
     row.note = f"the journal is replaced by the cycle's own; run --once took {agent.exited_at - t0:.1f} s"

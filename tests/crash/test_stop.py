@@ -6,6 +6,7 @@ How each signal lands in its state (deterministically, no sleeps):
   Reconciling        the startup GET is held 1 s by a delay fault; signalled when it arrives
   Idle               signalled on the "nothing to do" log line (the loop then waits INTERVAL)
   Measuring          absolute mode with a `du` that hangs; signalled on "Idle -> Measuring"
+  TakingSlot         its journal PATCH (the cycle's first) is held 1 s; signalled when it arrives
   Cordoning          the cordon PATCH is held 1 s; signalled when it arrives
   PruningContainers  signalled after its journal write has been applied, before the reply
   PruningDangling    likewise
@@ -55,8 +56,8 @@ def sigterm_now(agent: AgentProcess, sent: dict[str, float]):
     return send
 
 
-CYCLE_STATES = ["Cordoning", "PruningContainers", "PruningDangling", "PruningBuildCache", "PruningAll",
-                "Uncordoning"]
+CYCLE_STATES = ["TakingSlot", "Cordoning", "PruningContainers", "PruningDangling", "PruningBuildCache",
+                "PruningAll", "Uncordoning"]
 
 
 @pytest.mark.parametrize("state", CYCLE_STATES)
@@ -67,9 +68,12 @@ def test_sigterm_mid_cycle(scene: Scene, agents, row: Row, state: str) -> None:
     agent = agents(scene.env(**({"DOCKER_IMAGE_CLEANER_DELAY_SECONDS": 60} if state == "PruningAll" else {})))
     sent: dict[str, float] = {}
     send = sigterm_now(agent, sent)
-    if state == "Cordoning":
-        scene.cluster.fail("PATCH", status=None, delay=HELD)  # the cordon write takes 1 s
-        scene.watch.before("PATCH", send, journal=None)
+    if state in ("TakingSlot", "Cordoning"):  # signalled while its PATCH is held 1 s
+        def hold_and_send_first() -> None:
+            scene.cluster.fail("PATCH", status=None, delay=HELD)
+            send()
+        journal = None if state == "TakingSlot" else "TakingSlot"  # what the node says before the PATCH
+        scene.watch.before("PATCH", hold_and_send_first, journal=journal)
     elif state in ("PruningContainers", "PruningDangling", "PruningBuildCache"):
         scene.watch.after_state(state, send)
     elif state == "PruningAll":
@@ -86,9 +90,9 @@ def test_sigterm_mid_cycle(scene: Scene, agents, row: Row, state: str) -> None:
                                                      else ["Uncordoning", "Stopped"]), agent.log
     row.invariants = scene.check_handed_back() + row.invariants
     client = scene.bed.client()
-    if state in ("Cordoning", "PruningContainers"):  # no removal once the signal is in
+    if state in ("TakingSlot", "Cordoning", "PruningContainers"):  # no removal once the signal is in
         assert client.containers.get(scene.stopped_container)
-    if state in ("Cordoning", "PruningContainers", "PruningDangling"):
+    if state in ("TakingSlot", "Cordoning", "PruningContainers", "PruningDangling"):
         assert image_exists(scene.bed, scene.dangling)
         assert all(image_exists(scene.bed, i) for i in scene.old_images)
         row.invariants.append("no removal after the signal")
@@ -223,6 +227,8 @@ def test_sigterm_with_a_slow_api_server_keeps_the_bound(scene: Scene, agents, ro
     agent.start()
     stopped_within_bound(agent, row, wait_sent(sent, agent))  # within 10 s: the Event was cut short
     after = [(r.method, r.path) for r in scene.cluster.requests[before_signal[0]:]]
-    assert after == [("GET", NODE_PATH), ("PATCH", NODE_PATH), ("POST", "/api/v1/namespaces/default/events")]
+    leases = "/apis/coordination.k8s.io/v1/namespaces/default/leases"
+    assert after == [("GET", NODE_PATH), ("PATCH", NODE_PATH), ("POST", "/api/v1/namespaces/default/events"),
+                     ("GET", leases), ("PUT", f"{leases}/fsm-cleaner-slot-0")], after  # the slot freed last
     row.invariants = scene.check_handed_back() + row.invariants + ["the slow Event cut short"]
     row.recover, row.since = scene.watch.recovered_after(sent["t"], False), "SIGTERM"

@@ -46,8 +46,9 @@ def stop(*agents: AgentProcess) -> None:
 
 def test_two_agents_starting_a_cycle_together(scene: Scene, agents, row: Row) -> None:
     row.case = "two agents on one node start a cycle at once (both read the node before either cordons)"
-    # Hold the first two node PATCHes (the two cordons: a fresh node needs no reconciling) until both
-    # have arrived: both agents decided on the same read, and the journal's test lets only one win.
+    # Hold the first two node PATCHes (the two cycles' first journal writes: a fresh node needs no
+    # reconciling) until both have arrived: both agents decided on the same read, and the journal's test
+    # lets only one win.
     both_sent = threading.Barrier(2, timeout=30)
     held, lock = [0], threading.Lock()
 
@@ -70,9 +71,9 @@ def test_two_agents_starting_a_cycle_together(scene: Scene, agents, row: Row) ->
     (winner,) = done
     loser = next(pod for pod in pair if pod != winner)
     a, b = pair[winner], pair[loser]
-    # the loser's cordon failed its test (422), and the re-read showed the winner's live journal
-    b.wait_for(r"Cordoning: attempt 1 failed \(NodeChanged: ")
-    b.wait_for(r"Cordoning failed: NodeBusy: " + BUSY.format(winner))
+    # the loser's first journal write failed its test (422), and the re-read showed the winner's journal
+    b.wait_for(r"TakingSlot: attempt 1 failed \(NodeChanged: ")
+    b.wait_for(r"TakingSlot failed: NodeBusy: " + BUSY.format(winner))
     # once the winner is done, the loser's next tick measures again: nothing left to do
     b.wait_for(r"nothing to do", start=b.wait_for(r"Uncordoning: " + BUSY.format(winner)).index)
     stop(a, b)
@@ -87,8 +88,8 @@ def test_two_agents_starting_a_cycle_together(scene: Scene, agents, row: Row) ->
     assert set(scene.old_images) <= set(deletions) and max(deletions.values()) == 1, deletions
     assert "already gone" not in a.log + b.log
     row.invariants = scene.check_handed_back() + [
-        "one cordon won (the other 422)", "the loser never wrote to the node", "the loser pruned nothing",
-        "each image deleted once (Docker events)", "SIGTERM: both exit 0"]
+        "one journal write won (the other 422)", "the loser never wrote to the node",
+        "the loser pruned nothing", "each image deleted once (Docker events)", "SIGTERM: both exit 0"]
     row.note = f"{winner} cleaned; the other skipped until it was done"
 
 
@@ -123,7 +124,8 @@ def test_a_dead_agents_cycle_is_taken_over_once_stale(scene: Scene, agents, row:
     first_b = next((i for i, r in enumerate(records) if holder(r) == "agent-b"), None)
     assert first_b is not None, [r.annotations.get(ANNOTATION) for r in records]
     assert {holder(r) for r in records[:first_b]} == {"agent-a"}  # B wrote nothing while A's journal lived
-    assert all(r.unschedulable for r in records[:first_b])  # and A's cordon stayed
+    assert records[0].state == "TakingSlot"  # A's first write, before its cordon
+    assert all(r.unschedulable for r in records[1:first_b])  # and A's cordon stayed
     takeover = records[first_b]
     assert takeover.state == "Idle" and not takeover.unschedulable
     renewed, decided = epoch(killed["renewed"]), epoch(takeover.journal()["since"])
