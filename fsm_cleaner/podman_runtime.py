@@ -100,18 +100,21 @@ class Podman(Docker):
                 untagged.append(ref)
             self.api.remove_image(image.id)
             return None
-        except docker.errors.NotFound:  # removed by someone else meanwhile: nothing to restore
-            raise
         except docker.errors.APIError as e:
-            if not _kept(e):
+            # Whatever stopped it, the tags go back first: a retry (or the next cycle) then finds the
+            # image as it was, not one that lost a tag to a removal that never happened.
+            self._restore(image.id, untagged)
+            if isinstance(e, docker.errors.NotFound) or not _kept(e):
                 raise
-            for ref in untagged:  # a failed restore leaves the image with fewer tags: say which
-                try:
-                    self.api.tag(image.id, *_repo_tag(ref))
-                except docker.errors.APIError as again:
-                    log.warning("image %s kept, but its tag %s could not be restored: %s",
-                                image.id[:19], ref, again.explanation or again)
             return f"{e.explanation or e} (its tags were removed one by one and are restored)"
+
+    def _restore(self, image_id: str, refs: list[str]) -> None:
+        for ref in refs:
+            try:
+                self.api.tag(image_id, *_repo_tag(ref))
+            except docker.errors.APIError as e:  # the image stays with fewer tags: say which
+                log.warning("image %s: its tag %s could not be restored: %s", image_id[:19], ref,
+                            e.explanation or e)
 
     def _df(self) -> dict:
         """/system/df with the ids in the agent's form and the references of the image listing (df gives

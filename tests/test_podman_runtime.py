@@ -262,3 +262,56 @@ def test_the_docker_port_on_podman_miscounts_what_the_podman_port_counts(
     bed.make_dangling(2, 2)
     a_second_after_the_last_image(api)
     assert port.prune_dangling(0).count == 2
+
+
+# ------------------------------------------------------------------ without a daemon
+
+
+class FailingApi:
+    """remove_image by id fails with ``error``; everything else is recorded."""
+
+    def __init__(self, error: docker.errors.APIError) -> None:
+        self.error, self.calls = error, []
+
+    def remove_image(self, ref: str, **kwargs: Any) -> None:
+        self.calls.append(("remove", ref, kwargs))
+        if ref.startswith("sha256:"):
+            raise self.error
+
+    def tag(self, image_id: str, repo: str, tag: str) -> None:
+        self.calls.append(("tag", image_id, repo, tag))
+
+    def images(self, all: bool = False) -> list[dict]:
+        return []
+
+    def containers(self, all: bool = False) -> list[dict]:
+        return []
+
+
+@pytest.mark.parametrize("status,message,kept", [
+    (409, "image is in use by a container", True),
+    (500, "unable to delete image by ID with more than one tag", True),
+    (500, "storage: input/output error", False),
+])
+def test_the_tags_come_back_whatever_stopped_the_removal(status: int, message: str, kept: bool) -> None:
+    response = type("R", (), {"status_code": status, "reason": "", "url": ""})()
+    api = FailingApi(docker.errors.APIError(message, response, explanation=message))
+    port = Podman(lambda: api)  # type: ignore[arg-type, return-value]
+    img = Image("sha256:" + "a" * 64, 0, 0, ("docker.io/x/app:v1", "localhost:5000/x/app:v2"))
+    if kept:
+        assert message in (port.remove_image(img) or "")
+    else:
+        with pytest.raises(docker.errors.APIError):  # retried by the step, then the step fails
+            port.remove_image(img)
+    assert ("tag", img.id, "docker.io/x/app", "v1") in api.calls
+    assert not any(c[0] == "remove" and c[2].get("force") for c in api.calls)
+
+
+def test_which_port_for_which_version_answer() -> None:
+    from fsm_cleaner.runtimes import describe, port_for
+
+    podman = {"Components": [{"Name": "Podman Engine"}], "Version": "4.3.1", "ApiVersion": "1.41"}
+    dockerd = {"Components": [{"Name": "Engine"}], "Version": "20.10.24+dfsg1", "ApiVersion": "1.41"}
+    assert port_for(podman) is Podman and port_for(dockerd) is Docker and port_for({}) is Docker
+    assert describe(podman) == "Podman Engine 4.3.1, API 1.41"
+    assert describe(dockerd) == "Docker Engine 20.10.24+dfsg1, API 1.41"
