@@ -163,14 +163,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     kube = _kube(cfg.node_name, cfg.events_namespace, cfg)
     import docker
 
-    from .docker_runtime import Docker
+    from .runtimes import Detected
     from .tracking import UseTracking
 
     def connect() -> docker.APIClient:  # DOCKER_HOST etc. as the docker CLI reads them
         return docker.from_env(timeout=int(cfg.timeout_seconds)).api
 
     uses = UseTracking.for_docker(cfg, connect)
-    agent = build_agent(cfg, Docker(connect), kube, uses=uses)
+    # Docker or Podman, from the daemon's version answer (logged once); the same settings for both
+    runtime = Detected(connect, os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock")
+    agent = build_agent(cfg, runtime, kube, uses=uses)
     agent.shutdown.install_signal_handlers()
     log.info("fsm-cleaner starting: node %s, path %s, %s threshold high %s low %s, interval %g s%s",
              cfg.node_name or "(none: no cluster)", cfg.path_to_check, cfg.threshold_type,

@@ -130,7 +130,7 @@ class Docker:
         """Why ``image_id`` must stay, from a fresh look: a container of any state uses it, or another
         image builds on it; None when neither. Containers are listed last, as close to the removal as
         possible: they are what changes most often."""
-        if any(r.get("ParentId") == image_id for r in self.api.images(all=True)):
+        if image_id in self.image_parents().values():
             return "it is the parent of another image (seen right before removal)"
         users = [c["Id"][:12] for c in self.api.containers(all=True) if c.get("ImageID") == image_id]
         if users:
@@ -140,7 +140,7 @@ class Docker:
     def image_records(self, *, running_only: bool = False) -> list[ImageRecord]:
         """Images, their unique bytes and the containers using them from one /system/df (slow on a large
         store: the agent calls it once per cycle), parents from one image listing."""
-        df = self.api.df()
+        df = self._df()
         parent_of = self.image_parents()
         in_use = {c["ImageID"] for c in df.get("Containers") or []
                   if not running_only or c.get("State") in _LEFT_BY_PRUNE}
@@ -178,8 +178,12 @@ class Docker:
                 type=r.get("Type") or "regular",
                 parents=tuple(r.get("Parents") or ([r["Parent"]] if r.get("Parent") else [])),
             )
-            for r in self.api.df().get("BuildCache") or []
+            for r in self._df().get("BuildCache") or []
         ]
+
+    def _df(self) -> dict:
+        """GET /system/df: images, containers and build cache (a port for another daemon translates it)."""
+        return self.api.df()
 
     def prune_build_cache(self, min_age_seconds: float, keep_bytes: int) -> Removed:
         """Without `all`: entries an image shares free nothing now and keep that image's rebuild cheap."""

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from devtools.fakekube import FakeKube
+from devtools.podmanbed import PodmanBed
 from devtools.testbed import DockerBed, TestbedError
 from fsm_cleaner.journal import ANNOTATION
 
@@ -57,6 +58,30 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerBed]:
 
 @pytest.fixture
 def docker_bed(bed: DockerBed) -> DockerBed:
+    bed.reset()
+    bed.base_image()
+    return bed
+
+
+@pytest.fixture(scope="session")
+def podman_bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodmanBed]:
+    """One private `podman system service` for the session, the dockerd bed's twin (devtools/podmanbed.py)."""
+    testbed = PodmanBed(tmp_path_factory.mktemp("podman"), size_mb=600, inodes=40000)
+    try:
+        testbed.start()
+    except TestbedError as e:  # a failure under CI=true
+        pytest.skip(f"the podman test bed could not start: {e}")
+    yield testbed
+    testbed.stop()
+
+
+RUNTIMES = ["docker", "podman"]
+
+
+@pytest.fixture(params=RUNTIMES)
+def runtime_bed(request: pytest.FixtureRequest) -> DockerBed:
+    """The test once on the dockerd bed and once on the Podman bed (same object API), each reset."""
+    bed: DockerBed = request.getfixturevalue("bed" if request.param == "docker" else "podman_bed")
     bed.reset()
     bed.base_image()
     return bed

@@ -1,4 +1,6 @@
-"""End to end: the agent as a subprocess, one cycle, against the real dockerd bed and the fake API."""
+"""End to end: the agent as a subprocess, one cycle, against the fake API and a real runtime bed: the
+runtime-facing cases run twice (``runtime_bed``: dockerd 20.10 and Podman 4.3), the API-facing ones on
+dockerd only."""
 
 from __future__ import annotations
 
@@ -25,6 +27,9 @@ from tests.conftest import (
 Cluster = FakeKube | RealCluster
 FULL_CYCLE = ["Reconciling", "Idle", "Measuring", "TakingSlot", "Cordoning", "PruningContainers",
               "PruningDangling", "PruningBuildCache", "PruningAll", "Uncordoning", "Idle"]
+
+
+REMOVAL_EVENTS = {("image", "delete"), ("container", "destroy"), ("container", "remove")}
 
 
 def exists(bed: DockerBed, image_id: str) -> bool:
@@ -94,41 +99,42 @@ def assert_handed_back(cluster: Cluster, unschedulable: bool = False) -> dict:
     return entry
 
 
-def test_below_threshold_does_nothing(docker_bed: DockerBed, cluster: Cluster, tmp_path) -> None:
-    image = docker_bed.build_image("app:1", 10)
+def test_below_threshold_does_nothing(runtime_bed: DockerBed, cluster: Cluster, tmp_path) -> None:
+    image = runtime_bed.build_image("app:1", 10)
     before = rv(cluster)
-    high = max(settled_usage(docker_bed)) + 10
-    run = run_agent(agent_env(docker_bed, tmp_path, DOCKER_IMAGE_CLEANER_THRESHOLD_HIGH=high))
+    high = max(settled_usage(runtime_bed)) + 10
+    run = run_agent(agent_env(runtime_bed, tmp_path, DOCKER_IMAGE_CLEANER_THRESHOLD_HIGH=high))
     assert run.code == 0, run.log
     assert "below the high threshold" in run.log
     assert run.states() == ["Reconciling", "Idle", "Measuring", "Idle"]
     assert rv(cluster) == before  # a quiet node is not written to
-    assert exists(docker_bed, image)
+    assert exists(runtime_bed, image)
 
 
-def test_full_cycle_cordons_exactly_while_pruning(docker_bed: DockerBed, cluster: Cluster, tmp_path) -> None:
-    old = docker_bed.build_image("app:old", 20)
-    live = docker_bed.build_image("app:live", 20)
-    stopped = docker_bed.run_container(old, running=False)
-    running = docker_bed.run_container(live, running=True)
+def test_full_cycle_cordons_exactly_while_pruning(runtime_bed: DockerBed, cluster: Cluster, tmp_path) -> None:
+    old = runtime_bed.build_image("app:old", 20)
+    live = runtime_bed.build_image("app:live", 20)
+    stopped = runtime_bed.run_container(old, running=False)
+    running = runtime_bed.run_container(live, running=True)
     cluster = needs_fake(cluster)  # it reads the node at every API request
     seen: list[tuple[float, bool]] = []  # (time, node unschedulable) just before each API request
     cluster.on_request(lambda m, p: seen.append((time.time(), is_cordoned(cluster))))
     since = time.time() - 1
 
-    run = run_agent(above(docker_bed, tmp_path))
+    run = run_agent(above(runtime_bed, tmp_path))
 
     assert run.code == 0, run.log
     assert run.states() == FULL_CYCLE, run.log
     entry = assert_handed_back(cluster)
     assert entry["cordoned_by_us"] is False
-    client = docker_bed.client()
+    client = runtime_bed.client()
     assert [c.id for c in client.containers.list(all=True)] == [running]
-    assert not exists(docker_bed, old) and exists(docker_bed, live)  # the running container's image stays
+    assert not exists(runtime_bed, old) and exists(runtime_bed, live)  # the running container's image stays
 
-    events = [e for e in client.events(since=since, until=time.time(), decode=True)
-              if (e["Type"], e["Action"]) in (("image", "delete"), ("container", "destroy"))]
-    assert stopped in {e["id"] for e in events}, "Docker reported no removal of the stopped container"
+    # Podman answers nothing to a fractional since/until, and says "remove" where dockerd says "destroy"
+    events = [e for e in client.events(since=int(since), until=int(time.time()) + 1, decode=True)
+              if (e["Type"], e["Action"]) in REMOVAL_EVENTS and e["timeNano"] / 1e9 >= since]
+    assert stopped in {e["id"] for e in events}, "the runtime reported no removal of the stopped container"
     removals = [e["timeNano"] / 1e9 for e in events]
     cordoned = [t for t, unschedulable in seen if unschedulable]
     assert cordoned and min(cordoned) < min(removals) and max(removals) < max(cordoned)
@@ -138,70 +144,70 @@ def test_full_cycle_cordons_exactly_while_pruning(docker_bed: DockerBed, cluster
     assert {"Cordoned", "Uncordoned"} <= {e["reason"] for e in cluster.events}
 
 
-def test_enough_dangling_images_skip_pruning_all(docker_bed: DockerBed, cluster: Cluster, tmp_path) -> None:
-    tagged = docker_bed.build_image("app:1", 10)
-    dangling = docker_bed.make_dangling(3, 25)
-    run = run_agent(above(docker_bed, tmp_path, 4))
+def test_enough_dangling_images_skip_pruning_all(runtime_bed: DockerBed, cluster: Cluster, tmp_path) -> None:
+    tagged = runtime_bed.build_image("app:1", 10)
+    dangling = runtime_bed.make_dangling(3, 25)
+    run = run_agent(above(runtime_bed, tmp_path, 4))
     assert run.code == 0, run.log
     assert "PruningAll" not in run.states()
-    assert not any(exists(docker_bed, i) for i in dangling)
-    assert exists(docker_bed, tagged)
+    assert not any(exists(runtime_bed, i) for i in dangling)
+    assert exists(runtime_bed, tagged)
     assert_handed_back(cluster)
 
 
-def test_threshold_low_stops_removal_at_the_target(docker_bed: DockerBed, cluster: Cluster,
+def test_threshold_low_stops_removal_at_the_target(runtime_bed: DockerBed, cluster: Cluster,
                                                    tmp_path) -> None:
-    images = build_in_distinct_seconds(docker_bed, [f"app:{n}" for n in range(5)], 20)
-    created = created_seconds(docker_bed)
+    images = build_in_distinct_seconds(runtime_bed, [f"app:{n}" for n in range(5)], 20)
+    created = created_seconds(runtime_bed)
     assert len({created[i] for i in images}) == len(images)
-    usage = max(settled_usage(docker_bed))
+    usage = max(settled_usage(runtime_bed))
     low = round(usage - 7, 2)  # about two of the five images' worth
-    run = run_agent(agent_env(docker_bed, tmp_path, DOCKER_IMAGE_CLEANER_THRESHOLD_HIGH=round(usage - 1, 2),
+    run = run_agent(agent_env(runtime_bed, tmp_path, DOCKER_IMAGE_CLEANER_THRESHOLD_HIGH=round(usage - 1, 2),
                               DOCKER_IMAGE_CLEANER_THRESHOLD_LOW=low))
     assert run.code == 0, run.log
-    assert max(settled_usage(docker_bed)) <= low
-    kept = [created[i] for i in images if exists(docker_bed, i)]
-    removed = [created[i] for i in images if not exists(docker_bed, i)]
+    assert max(settled_usage(runtime_bed)) <= low
+    kept = [created[i] for i in images if exists(runtime_bed, i)]
+    removed = [created[i] for i in images if not exists(runtime_bed, i)]
     assert kept, "it removed everything although the target was reached earlier"
     assert removed and max(removed) <= min(kept)  # oldest first
     assert_handed_back(cluster)
 
 
-def test_absolute_mode_measures_bytes_and_stops_at_the_target(docker_bed: DockerBed, cluster: Cluster,
+def test_absolute_mode_measures_bytes_and_stops_at_the_target(runtime_bed: DockerBed, cluster: Cluster,
                                                               tmp_path) -> None:
-    images = [docker_bed.build_image(f"app:{n}", 10) for n in range(4)]
-    settled_usage(docker_bed)
-    used = disk.tree_bytes(str(docker_bed.mountpoint))
+    images = [runtime_bed.build_image(f"app:{n}", 10) for n in range(4)]
+    settled_usage(runtime_bed)
+    used = disk.tree_bytes(str(runtime_bed.mountpoint))
     low = used - 15 * 2**20  # about two of the four images
-    run = run_agent(agent_env(docker_bed, tmp_path, DOCKER_IMAGE_CLEANER_THRESHOLD_TYPE="absolute",
+    run = run_agent(agent_env(runtime_bed, tmp_path, DOCKER_IMAGE_CLEANER_THRESHOLD_TYPE="absolute",
                               DOCKER_IMAGE_CLEANER_THRESHOLD_HIGH=used - 2**20,
                               DOCKER_IMAGE_CLEANER_THRESHOLD_LOW=low))
     assert run.code == 0, run.log
     assert run.states() == FULL_CYCLE
-    assert disk.tree_bytes(str(docker_bed.mountpoint)) <= low
-    assert 0 < sum(exists(docker_bed, i) for i in images) < len(images)
+    assert disk.tree_bytes(str(runtime_bed.mountpoint)) <= low
+    assert 0 < sum(exists(runtime_bed, i) for i in images) < len(images)
     assert_handed_back(cluster)
 
 
-def test_inode_pressure_alone_triggers_a_cycle(docker_bed: DockerBed, cluster: Cluster, tmp_path) -> None:
-    docker_bed.build_image("many-files:1", 6, files=6000)
-    docker_bed.build_image("many-files:2", 6, files=6000)
-    blocks, inodes = settled_usage(docker_bed)
+def test_inode_pressure_alone_triggers_a_cycle(runtime_bed: DockerBed, cluster: Cluster, tmp_path) -> None:
+    runtime_bed.build_image("many-files:1", 6, files=6000)
+    runtime_bed.build_image("many-files:2", 6, files=6000)
+    blocks, inodes = settled_usage(runtime_bed)
     assert inodes > blocks + 10, (blocks, inodes)
-    run = run_agent(agent_env(docker_bed, tmp_path, DOCKER_IMAGE_CLEANER_THRESHOLD_HIGH=round(inodes - 5)))
+    run = run_agent(agent_env(runtime_bed, tmp_path, DOCKER_IMAGE_CLEANER_THRESHOLD_HIGH=round(inodes - 5)))
     assert run.code == 0, run.log
     assert "Cordoning" in run.states()
-    assert docker_bed.usage()[1] < inodes - 10
+    assert runtime_bed.usage()[1] < inodes - 10
     assert_handed_back(cluster)
 
 
-def test_without_node_name_there_is_no_cluster(docker_bed: DockerBed, tmp_path) -> None:
-    image = docker_bed.build_image("app:1", 20)
-    run = run_agent(above(docker_bed, tmp_path, node=False))
+def test_without_node_name_there_is_no_cluster(runtime_bed: DockerBed, tmp_path) -> None:
+    image = runtime_bed.build_image("app:1", 20)
+    run = run_agent(above(runtime_bed, tmp_path, node=False))
     assert run.code == 0, run.log
     assert run.states() == FULL_CYCLE  # Cordoning and Uncordoning still show, doing nothing
     assert "no cluster: nothing to cordon" in run.log
-    assert not exists(docker_bed, image)
+    assert not exists(runtime_bed, image)
 
 
 def test_a_node_cordoned_by_someone_else_stays_cordoned(docker_bed: DockerBed, cluster: Cluster,
@@ -239,23 +245,23 @@ def test_when_the_cordon_cannot_be_written_nothing_is_removed(docker_bed: Docker
     assert not cluster.node(NODE)["spec"].get("unschedulable")
 
 
-def test_with_docker_down_the_node_is_not_cordoned(docker_bed: DockerBed, cluster: Cluster,
+def test_with_docker_down_the_node_is_not_cordoned(runtime_bed: DockerBed, cluster: Cluster,
                                                     tmp_path) -> None:
-    docker_bed.build_image("app:1", 20)
-    env = above(docker_bed, tmp_path, FSM_CLEANER_RETRY_ATTEMPTS=2)
+    runtime_bed.build_image("app:1", 20)
+    env = above(runtime_bed, tmp_path, FSM_CLEANER_RETRY_ATTEMPTS=2)
     before = rv(cluster)
-    docker_bed.stop_daemon()
+    runtime_bed.stop_daemon()
     try:
         run = run_agent(env)
     finally:
-        docker_bed.start_daemon()
+        runtime_bed.start_daemon()
     assert run.code == 1, run.log
     assert run.states()[-2:] == ["Measuring", "Idle"]
     assert "Measuring failed" in run.log and "cycle failed in Measuring" in run.log
     assert rv(cluster) == before  # the node was never touched
 
 
-def test_a_bug_in_a_state_hands_the_node_back(docker_bed: DockerBed, cluster: Cluster, tmp_path,
+def test_a_bug_in_a_state_hands_the_node_back(runtime_bed: DockerBed, cluster: Cluster, tmp_path,
                                               monkeypatch, caplog) -> None:
     """In process: an unexpected exception inside PruningAll fails the cycle, it does not crash the
     agent with the node cordoned."""
@@ -264,15 +270,15 @@ def test_a_bug_in_a_state_hands_the_node_back(docker_bed: DockerBed, cluster: Cl
 
     from fsm_cleaner import config, plan
     from fsm_cleaner.cli import build_agent
-    from fsm_cleaner.docker_runtime import Docker
     from fsm_cleaner.kube import Kube
+    from fsm_cleaner.runtimes import Detected
 
     fake = needs_fake(cluster)
-    docker_bed.build_image("app:1", 20)
-    env = above(docker_bed, tmp_path)
+    runtime_bed.build_image("app:1", 20)
+    env = above(runtime_bed, tmp_path)
     monkeypatch.setattr(plan, "plan_removals", lambda *a, **k: 1 / 0)
     api = client.CoreV1Api(kube_config.new_client_from_config(config_file=env["KUBECONFIG"]))
-    agent = build_agent(config.load(env), Docker(lambda: docker_bed.client().api), Kube(api, NODE))
+    agent = build_agent(config.load(env), Detected(lambda: runtime_bed.client().api), Kube(api, NODE))
     with caplog.at_level("INFO", logger="fsm_cleaner"):
         assert agent.run(once=True) == 1
     assert "unexpected error in PruningAll" in caplog.text
@@ -289,23 +295,25 @@ def dry_run_scene(bed: DockerBed) -> tuple[str, str, str, list[str]]:
     return unused, used, stopped, bed.make_dangling(1, 2)
 
 
-def test_dry_run_reports_and_touches_nothing(docker_bed: DockerBed, cluster: Cluster, tmp_path) -> None:
-    unused, used, stopped, dangling = dry_run_scene(docker_bed)
+def test_dry_run_reports_and_touches_nothing(runtime_bed: DockerBed, cluster: Cluster, tmp_path) -> None:
+    unused, used, stopped, dangling = dry_run_scene(runtime_bed)
     before = rv(cluster)
-    run = run_agent(above(docker_bed, tmp_path), "--dry-run")
+    run = run_agent(above(runtime_bed, tmp_path), "--dry-run")
     assert run.code == 0, run.log
     assert "would remove 1 stopped containers" in run.log, run.log
-    assert "would remove 1 dangling images" in run.log and "would remove image app:1" in run.log
-    assert docker_bed.client().containers.get(stopped)
-    assert all(exists(docker_bed, i) for i in [unused, used, *dangling])
+    assert "would remove 1 dangling images" in run.log, run.log
+    # as the runtime lists it: dockerd "app:1", Podman "docker.io/library/app:1"
+    assert re.search(r"would remove image (docker\.io/library/)?app:1 ", run.log), run.log
+    assert runtime_bed.client().containers.get(stopped)
+    assert all(exists(runtime_bed, i) for i in [unused, used, *dangling])
     assert rv(cluster) == before
     if isinstance(cluster, FakeKube):
         assert [r.method for r in cluster.requests if r.method != "GET"] == []  # no write, no Event
 
 
-def test_dry_run_projects_what_a_real_run_frees(docker_bed: DockerBed, cluster: Cluster, tmp_path) -> None:
-    dry_run_scene(docker_bed)
-    env = above(docker_bed, tmp_path)
+def test_dry_run_projects_what_a_real_run_frees(runtime_bed: DockerBed, cluster: Cluster, tmp_path) -> None:
+    dry_run_scene(runtime_bed)
+    env = above(runtime_bed, tmp_path)
     dry = summary(run_agent(env, "--dry-run"))
     real = summary(run_agent(env))
     # the same objects: as many containers and images, and Docker's sizes of them
@@ -340,19 +348,19 @@ def test_bad_configuration_exits_2_and_touches_nothing(docker_bed: DockerBed, cl
     assert exists(docker_bed, image)
 
 
-def test_a_running_build_pod_defers_image_removals_until_it_ends(docker_bed: DockerBed, cluster: Cluster,
+def test_a_running_build_pod_defers_image_removals_until_it_ends(runtime_bed: DockerBed, cluster: Cluster,
                                                                  tmp_path) -> None:
     """BLOCKING_POD_SELECTOR: while a selected pod runs on the node the stopped container goes and the
     images stay; once it has ended, the next cycle removes them. Pods on other nodes or with other
     labels never block: the node and the selector reach the API server."""
     cluster = needs_fake(cluster)
-    old = docker_bed.build_image("app:old", 20)
-    docker_bed.run_container(old, running=False)
+    old = runtime_bed.build_image("app:old", 20)
+    runtime_bed.run_container(old, running=False)
     build = {"component": "binderhub-build"}
     cluster.add_pod("build-1", NODE, namespace="binder", labels=build)
     cluster.add_pod("build-2", "node-2", namespace="binder", labels=build)
     cluster.add_pod("hub", NODE, namespace="binder", labels={"component": "hub"})
-    env = above(docker_bed, tmp_path, 2, FSM_CLEANER_BLOCKING_POD_SELECTOR="component=binderhub-build")
+    env = above(runtime_bed, tmp_path, 2, FSM_CLEANER_BLOCKING_POD_SELECTOR="component=binderhub-build")
 
     run = run_agent(env)
     assert run.code == 0, run.log
@@ -360,8 +368,8 @@ def test_a_running_build_pod_defers_image_removals_until_it_ends(docker_bed: Doc
                             "PruningContainers", "Uncordoning", "Idle"], run.log
     assert "waiting: pod binder/build-1 (selector component=binderhub-build) runs on this node; images, " \
            "dangling images and build cache stay until the next tick" in run.log
-    assert docker_bed.client().containers.list(all=True) == []  # the stopped container went
-    assert exists(docker_bed, old)
+    assert runtime_bed.client().containers.list(all=True) == []  # the stopped container went
+    assert exists(runtime_bed, old)
     assert_handed_back(cluster)
     assert "RemovalsDeferred" in {e["reason"] for e in cluster.events}
     assert [r.method for r in cluster.requests if r.path == "/api/v1/pods"] == ["GET"]  # once a cycle
@@ -370,7 +378,7 @@ def test_a_running_build_pod_defers_image_removals_until_it_ends(docker_bed: Doc
     run = run_agent(env)  # the next tick
     assert run.code == 0, run.log
     assert run.states() == FULL_CYCLE, run.log
-    assert not exists(docker_bed, old)
+    assert not exists(runtime_bed, old)
     assert "waiting:" not in run.log
     assert_handed_back(cluster)
 

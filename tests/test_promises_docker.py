@@ -1,5 +1,5 @@
-"""README promises only a real dockerd can show (issue 9, item 21): a Docker call in flight is cut short
-by SIGTERM, and TIMEOUT_SECONDS bounds a Docker call.
+"""README promises only a real daemon can show (issue 9, item 21): a runtime call in flight is cut short
+by SIGTERM, and TIMEOUT_SECONDS bounds a runtime call; on both beds (dockerd and Podman).
 
 The agent runs as a subprocess against the test-bed dockerd through a socket proxy that forwards every
 request except the one a test holds: that one reaches dockerd never and is answered never, so the
@@ -73,9 +73,9 @@ class HoldingProxy:
 
 
 @pytest.fixture
-def prune_held(docker_bed: DockerBed, tmp_path: Path) -> Iterator[HoldingProxy]:
-    """dockerd with `POST /containers/prune` (PruningContainers' call) held."""
-    proxy = HoldingProxy(docker_bed.socket, tmp_path / "docker.sock", r"/containers/prune")
+def prune_held(runtime_bed: DockerBed, tmp_path: Path) -> Iterator[HoldingProxy]:
+    """The runtime (dockerd or Podman) with `POST /containers/prune` (PruningContainers' call) held."""
+    proxy = HoldingProxy(runtime_bed.socket, tmp_path / "docker.sock", r"/containers/prune")
     yield proxy
     proxy.close()
 
@@ -97,10 +97,10 @@ def handed_back(cluster: FakeKube) -> bool:
     return not node["spec"].get("unschedulable") and entry is not None and entry["state"] == "Idle"
 
 
-def test_sigterm_cuts_a_docker_call_in_flight_short(docker_bed: DockerBed, cluster: FakeKube,
+def test_sigterm_cuts_a_docker_call_in_flight_short(runtime_bed: DockerBed, cluster: FakeKube,
                                                      prune_held: HoldingProxy, tmp_path: Path) -> None:
     """The prune never answers (TIMEOUT_SECONDS is 300): the stop must not wait for it."""
-    agent = start_agent(docker_bed, prune_held, tmp_path)
+    agent = start_agent(runtime_bed, prune_held, tmp_path)
     try:
         assert prune_held.held.wait(60), "the agent never reached PruningContainers"
         sent = time.monotonic()
@@ -112,13 +112,13 @@ def test_sigterm_cuts_a_docker_call_in_flight_short(docker_bed: DockerBed, clust
     assert agent.returncode == 0, log
     assert "PruningContainers -> Uncordoning (stop)" in log and "Uncordoning -> Stopped (next)" in log, log
     assert handed_back(cluster)
-    assert docker_bed.client().containers.list(all=True, filters={"status": "exited"})  # never pruned
+    assert runtime_bed.client().containers.list(all=True, filters={"status": "exited"})  # never pruned
     assert took < 25, f"stopped {took:.1f} s after SIGTERM (STOP_TIMEOUT_SECONDS 25)"
 
 
-def test_timeout_seconds_bounds_a_docker_call(docker_bed: DockerBed, cluster: FakeKube,
+def test_timeout_seconds_bounds_a_docker_call(runtime_bed: DockerBed, cluster: FakeKube,
                                               prune_held: HoldingProxy, tmp_path: Path) -> None:
-    agent = start_agent(docker_bed, prune_held, tmp_path, DOCKER_IMAGE_CLEANER_TIMEOUT_SECONDS=2,
+    agent = start_agent(runtime_bed, prune_held, tmp_path, DOCKER_IMAGE_CLEANER_TIMEOUT_SECONDS=2,
                         FSM_CLEANER_RETRY_ATTEMPTS=1)
     try:
         assert prune_held.held.wait(60), "the agent never reached PruningContainers"
@@ -134,10 +134,10 @@ def test_timeout_seconds_bounds_a_docker_call(docker_bed: DockerBed, cluster: Fa
     assert "PruningContainers -> Uncordoning (fail)" in log and handed_back(cluster)
 
 
-def test_the_proxy_forwards_what_it_does_not_hold(docker_bed: DockerBed, prune_held: HoldingProxy) -> None:
+def test_the_proxy_forwards_what_it_does_not_hold(runtime_bed: DockerBed, prune_held: HoldingProxy) -> None:
     """The two tests above prove something only if everything else reaches dockerd unchanged."""
     import docker
 
     client = docker.DockerClient(base_url=f"unix://{prune_held.path}", timeout=10)
-    assert client.ping() and client.images.get(docker_bed.base_image())
+    assert client.ping() and client.images.get(runtime_bed.base_image())
     assert not prune_held.held.is_set()
