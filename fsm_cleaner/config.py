@@ -299,22 +299,24 @@ def _count_or_percent(var: str, raw: str) -> tuple[float, bool]:
 
 
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+# what Kubernetes accepts as a namespace's and as a DaemonSet's name: (pattern, length, what it is)
+_NAMES = {"namespace": (_DNS1123_LABEL, 63, "a DNS-1123 label (lower-case letters, digits and '-', at most "
+                        "63 characters), e.g. kube-system"),
+          "object": (_DNS1123_SUBDOMAIN, 253, "a DNS-1123 subdomain such as fsm-cleaner")}
 
 
-def _namespace(var: str, raw: str) -> str:
-    name = raw.strip()
-    if len(name) > 63 or not _DNS1123_LABEL.fullmatch(name):
-        raise ConfigError(f"{var}={raw!r} is not a namespace name; accepted: a DNS-1123 label (lower-case "
-                          "letters, digits and '-', at most 63 characters), e.g. kube-system")
-    return name
+def _kube_name(kind: str) -> Callable[[str, str], str]:
+    pattern, limit, accepted = _NAMES[kind]
+
+    def parse(var: str, raw: str) -> str:
+        name = raw.strip()
+        if len(name) > limit or not pattern.fullmatch(name):
+            raise ConfigError(f"{var}={raw!r} is not a Kubernetes {kind} name; accepted: {accepted}")
+        return name
+    return parse
 
 
-def _name(var: str, raw: str) -> str:
-    name = raw.strip()
-    if len(name) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(name):
-        raise ConfigError(f"{var}={raw!r} is not a Kubernetes object name; accepted: a DNS-1123 subdomain "
-                          "such as fsm-cleaner")
-    return name
+_namespace, _name = _kube_name("namespace"), _kube_name("object")
 
 
 def _bool(var: str, raw: str) -> bool:

@@ -46,6 +46,12 @@ BAD = [
     ({"DOCKER_IMAGE_CLEANER_THRESHOLD_TYPE": "absolute"}, "THRESHOLD_HIGH is unset in absolute mode", "50Gi"),
     ({"FSM_CLEANER_DRY_RUN": "maybe"}, "FSM_CLEANER_DRY_RUN='maybe'", "true or false"),
     ({"FSM_CLEANER_RETRY_ATTEMPTS": "2.5"}, "RETRY_ATTEMPTS='2.5'", "whole number"),
+    ({"FSM_CLEANER_MAX_CORDONED": "0"}, "MAX_CORDONED='0' is not a node count", "whole number of nodes >= 1"),
+    ({"FSM_CLEANER_MAX_CORDONED": "150%"}, "MAX_CORDONED='150%'", "at most 100%"),
+    ({"FSM_CLEANER_CRITICAL_THRESHOLD": "70"}, "CRITICAL_THRESHOLD='70' is below", "at or above the high"),
+    ({"FSM_CLEANER_CORDON": "sometimes"}, "FSM_CLEANER_CORDON='sometimes'", "true or false"),
+    ({"FSM_CLEANER_SLOT_LEASE_SECONDS": "1"}, "SLOT_LEASE_SECONDS='1'", "a number >= 4"),
+    ({"POD_NAMESPACE": "Kube_System"}, "POD_NAMESPACE='Kube_System'", "DNS-1123 label"),
 ]
 
 
@@ -170,3 +176,26 @@ def test_the_api_timeout_must_leave_room_inside_the_stop_bound(tmp_path, api: st
     assert f"FSM_CLEANER_API_TIMEOUT_SECONDS={api!r}" in message
     assert f"FSM_CLEANER_STOP_TIMEOUT_SECONDS={stop!r}" in message
     assert "accepted: API_TIMEOUT_SECONDS <= STOP_TIMEOUT_SECONDS - 5" in message
+
+
+@pytest.mark.parametrize("env, count, percent, critical, namespace", [
+    ({}, 1, False, 95, "default"),
+    ({"FSM_CLEANER_MAX_CORDONED": "3"}, 3, False, 95, "default"),
+    ({"FSM_CLEANER_MAX_CORDONED": " 20% "}, 20, True, 95, "default"),
+    ({"DOCKER_IMAGE_CLEANER_THRESHOLD_HIGH": "97"}, 1, False, 97, "default"),  # never below the high
+    ({"FSM_CLEANER_CRITICAL_THRESHOLD": "90"}, 1, False, 90, "default"),
+    ({"POD_NAMESPACE": "fsm-cleaner"}, 1, False, 95, "fsm-cleaner"),
+    ({"POD_NAMESPACE": "fsm-cleaner", "FSM_CLEANER_NAMESPACE": "ops"}, 1, False, 95, "ops"),
+], ids=["defaults", "count", "percent", "high-above-95", "critical", "pod-namespace", "namespace-wins"])
+def test_the_cordon_budgets_settings(tmp_path, env, count, percent, critical, namespace) -> None:
+    cfg = load(tmp_path, **env)
+    assert (cfg.max_cordoned, cfg.max_cordoned_percent, cfg.critical_threshold, cfg.namespace) == (
+        count, percent, critical, namespace)
+    assert cfg.cordon is True
+
+
+def test_absolute_mode_has_no_critical_level_unless_set(tmp_path) -> None:
+    absolute = {"DOCKER_IMAGE_CLEANER_THRESHOLD_TYPE": "absolute",
+                "DOCKER_IMAGE_CLEANER_THRESHOLD_HIGH": "50Gi"}
+    assert load(tmp_path, **absolute).critical_threshold is None
+    assert load(tmp_path, **absolute, FSM_CLEANER_CRITICAL_THRESHOLD="60Gi").critical_threshold == 60 * 2**30
