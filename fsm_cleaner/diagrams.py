@@ -224,11 +224,14 @@ def agraph(highlight: str | None = None, note: str | None = None) -> Any:
     merged = [(str(e[0]), str(e[1]), e.attr["label"]) for e in g.edges()]
     g.delete_edges_from(g.edges())
     for src, dst, labels in merged:  # transitions joins the labels of one (source, dest) with " | "
+        seen: dict[str, int] = {}
         for label in labels.split(" | "):
             trigger = label.split(" ", 1)[0]
             t = TRIGGERS[trigger]
-            g.add_edge(src, dst, key=f"{src}.{trigger}.{dst}", id=f"{src}.{trigger}.{dst}", label=label,
-                       color=t.color, fontcolor=t.color, style=t.style, penwidth=t.penwidth, weight=t.weight)
+            n = seen[trigger] = seen.get(trigger, 0) + 1  # two rows, one trigger, one pair of states
+            key = f"{src}.{trigger}.{dst}" + (f".{n}" if n > 1 else "")
+            g.add_edge(src, dst, key=key, id=key, label=label, color=t.color, fontcolor=t.color,
+                       style=t.style, penwidth=t.penwidth, weight=t.weight)
     _arrange(g)
     return g
 
@@ -251,7 +254,8 @@ def _arrange(g: Any) -> None:
     if boxed := list(_cordon_states()):
         g.add_subgraph(boxed, name="cluster_" + CORDON_BOX_ID, id=CORDON_BOX_ID, label=CORDON_BOX,
                        labeljust="r", labelloc="t", fontsize="12", fontcolor=BOX_COLOR, color=BOX_COLOR,
-                       fillcolor=BOX_FILL, style="rounded,filled", penwidth="1.5")
+                       fillcolor=BOX_FILL, style="rounded,filled", penwidth="1.5",
+                       margin="16")  # room for the stop and fail edges that curve round the states
 
 
 def svg(g: Any) -> bytes:

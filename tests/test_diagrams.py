@@ -374,3 +374,13 @@ def test_render_highlighted_without_a_known_state_notes_it(state: str | None, no
 def test_render_highlighted_refuses_an_unknown_format(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"\.svg, \.png, \.mmd"):
         diagrams.render_highlighted("Idle", tmp_path / "x.jpg")
+
+
+def test_two_rows_with_one_trigger_between_two_states_are_two_edges(rendered: Path) -> None:
+    """PruningBuildCache -> Uncordoning on `next` for two conditions: each drawn, with its own label."""
+    root = ET.fromstring((rendered / diagrams.SVG).read_bytes())
+    pair = "PruningBuildCache->Uncordoning"
+    labels = [g.findtext("svg:text", namespaces=NS) for g in root.iterfind(".//svg:g", NS)
+              if g.get("class") == "edge" and g.findtext("svg:title", namespaces=NS) == pair]
+    assert sorted(label for label in labels if label.startswith("next")) == [
+        "next [freed_enough]", "next [waiting_for_slot]"]
