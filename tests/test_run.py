@@ -21,6 +21,7 @@ def test_a_node_that_does_not_exist_at_start_is_a_configuration_error(
     monkeypatch.setenv("FSM_CLEANER_PATH_TO_CHECK", str(tmp_path))
     monkeypatch.setenv("FSM_CLEANER_NODE_NAME", "node-1")
     monkeypatch.setenv("FSM_CLEANER_HEARTBEAT_FILE", str(tmp_path / "heartbeat"))
+    monkeypatch.setenv("FSM_CLEANER_STATE_DIR", str(tmp_path / "state"))  # never the host's /var/lib
     assert cli.main(["run", "--once"]) == cli.EXIT_CONFIG
     err = capsys.readouterr().err
     assert "configuration error: NODE_NAME='node-1': no such node in the cluster; accepted:" in err
