@@ -255,15 +255,20 @@ def test_docker_stopped_during_pruning_all_once(scene: Scene, agents, row: Row) 
         scene.bed.start_daemon()
     wait_until(scene.live_ok, 30, "the running container is back", interval=0.2)
     row.invariants = scene.check_handed_back() + ["error logged", "exit 1"]
-    assert all(image_exists(scene.bed, i) for i in scene.old_images)  # nothing removed with dockerd gone
+    restart_removes_the_old_images(scene, agents, row)
+    row.recover, row.since = recover, "dockerd stopped"
+
+
+def restart_removes_the_old_images(scene: Scene, agents, row: Row) -> None:
+    """Nothing was removed while the daemon was gone; the restart's cycle does the work the failed one
+    could not."""
+    assert all(image_exists(scene.bed, i) for i in scene.old_images)
     restarted = agents(scene.env(DOCKER_IMAGE_CLEANER_DELAY_SECONDS=0)).start()
     assert restarted.wait(60) == 0, restarted.log
-    # the restart's cycle does the work the failed one could not
     assert full_cycle(restarted) and "cycle done" in restarted.log, restarted.log
     assert not any(image_exists(scene.bed, i) for i in scene.old_images), restarted.log
     scene.check_handed_back()
     row.invariants += ["restart: a full cycle removes the old images, exit 0"]
-    row.recover, row.since = recover, "dockerd stopped"
 
 
 def test_docker_stopped_during_pruning_all_loop(scene: Scene, agents, row: Row) -> None:

@@ -20,7 +20,7 @@ from tests.crash.conftest import RECOVER_BOUND, AgentProcess, Row, Scene, image_
 from tests.crash.test_faults import (
     DOCKERD_STOPPING,
     FAILED_STEP_BOUND,
-    full_cycle,
+    restart_removes_the_old_images,
     stop_docker_as_pruning_all_begins,
 )
 
@@ -85,11 +85,5 @@ def test_podman_stopped_during_pruning_all_then_restart(scene: Scene, agents, ro
         scene.bed.start_daemon()
     wait_until(scene.live_ok, 30, "the running container is listed again", interval=0.2)
     row.invariants = scene.check_handed_back() + ["error logged, no traceback", "exit 1"]
-    assert all(image_exists(scene.bed, i) for i in scene.old_images)
-    restarted = agents(scene.env(DOCKER_IMAGE_CLEANER_DELAY_SECONDS=0)).start()
-    assert restarted.wait(60) == 0, restarted.log
-    assert full_cycle(restarted) and "cycle done" in restarted.log, restarted.log
-    assert not any(image_exists(scene.bed, i) for i in scene.old_images), restarted.log
-    scene.check_handed_back()
-    row.invariants += ["restart: a full cycle removes the old images, exit 0"]
+    restart_removes_the_old_images(scene, agents, row)
     row.recover, row.since = recover, "Podman service stopped"
