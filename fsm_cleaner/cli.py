@@ -223,6 +223,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                   f"written by {_printable(entry.holder)}")
             print(f"cordoned by fsm-cleaner: {'yes' if entry.cordoned_by_us else 'no'}; "
                   f"unschedulable before the cycle: {'yes' if entry.was_unschedulable else 'no'}")
+            if entry.slot and entry.in_progress:
+                print(f"cordon slot:  {_printable(entry.slot)} (a Lease in the agents' namespace)")
     if LEGACY_ANNOTATION in node.annotations:
         print(f"legacy:       {LEGACY_ANNOTATION} present (docker-image-cleaner cordoned it; "
               "fsm-cleaner removes it on start)")

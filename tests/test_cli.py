@@ -23,7 +23,8 @@ def status(tmp_path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_status_shows_the_journal_for_the_on_call_engineer(cluster: FakeKube, tmp_path) -> None:
-    entry = Journal("PruningAll", True, False, "2026-11-29T03:00:00Z", "fsm-cleaner-x7k2p")
+    entry = Journal("PruningAll", True, False, "2026-11-29T03:00:00Z", "fsm-cleaner-x7k2p",
+                    slot="fsm-cleaner-slot-1")
 
     def cordoned_mid_cycle(node: dict) -> None:
         node["spec"]["unschedulable"] = True
@@ -35,6 +36,7 @@ def test_status_shows_the_journal_for_the_on_call_engineer(cluster: FakeKube, tm
     assert "schedulable:  no (cordoned)" in out.stdout
     assert "PruningAll since 2026-11-29T03:00:00Z" in out.stdout and "fsm-cleaner-x7k2p" in out.stdout
     assert "cordoned by fsm-cleaner: yes" in out.stdout
+    assert "cordon slot:  fsm-cleaner-slot-1" in out.stdout
     assert LEGACY_ANNOTATION in out.stdout
     assert "class PruningAll current" in (tmp_path / "now.mmd").read_text()
 
