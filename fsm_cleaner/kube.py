@@ -40,12 +40,12 @@ class NodeGone(RuntimeError):
 
 
 class SlotsForbidden(RuntimeError):
-    """The service account may not write Leases (403): the Role of deploy/base is missing."""
+    """The cordon budget cannot work here (403 on Leases, no such DaemonSet): TakingSlot fails, saying why."""
 
-    def __init__(self) -> None:
-        super().__init__("the service account may not write the cordon slots' Leases: install the Role "
-                         "and RoleBinding of deploy/base in the agent's namespace (NAMESPACE), or set "
-                         "CORDON=false")
+    def __init__(self, why: str = "the service account may not write the cordon slots' Leases: install "
+                 "the Role and RoleBinding of deploy/base in the agent's namespace (NAMESPACE), or set "
+                 "CORDON=false") -> None:
+        super().__init__(why)
 
 
 class PodsForbidden(RuntimeError):
@@ -184,8 +184,16 @@ class Kube:
             raise
 
     def daemonset_nodes(self, timeout: Any = REQUEST_TIMEOUT) -> int:
-        ds = self.apps_api.read_namespaced_daemon_set(self.daemonset, self.namespace,
-                                                      _request_timeout=timeout)
+        try:
+            ds = self.apps_api.read_namespaced_daemon_set(self.daemonset, self.namespace,
+                                                          _request_timeout=timeout)
+        except ApiException as e:
+            if e.status in (403, 404):
+                raise SlotsForbidden(
+                    f"cannot read DaemonSet {self.namespace}/{self.daemonset} ({e.status}), whose node count "
+                    "a MAX_CORDONED percentage is of: set DAEMONSET_NAME (and NAMESPACE) to the agents' "
+                    "DaemonSet, install the Role of deploy/base, or give MAX_CORDONED as a count") from None
+            raise
         return int((ds.status and ds.status.desired_number_scheduled) or 0)
 
     def read(self, timeout: Any = REQUEST_TIMEOUT) -> NodeView:

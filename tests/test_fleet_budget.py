@@ -8,15 +8,18 @@ from pathlib import Path
 import pytest
 
 from devtools.fakekube import FakeKube
-from devtools.fleet import NAMESPACE, Fleet
+from devtools.fleet import NAMESPACE, Fleet, api_for
+from fsm_cleaner.kube import Kube, SlotsForbidden
 
 LEASES = r"/apis/coordination\.k8s\.io/v1/namespaces/fsm-cleaner/leases"
 
 
-@pytest.mark.parametrize("faults", [False, True], ids=["clean-api", "409s-and-500s"])
-def test_five_full_nodes_and_a_budget_of_two(tmp_path: Path, faults: bool) -> None:
+@pytest.mark.parametrize("budget, faults", [("2", False), ("2", True), ("40%", False)],
+                         ids=["clean-api", "409s-and-500s", "40%-of-5"])
+def test_five_full_nodes_and_a_budget_of_two(tmp_path: Path, budget: str, faults: bool) -> None:
     with FakeKube() as fake:
-        env = {"FSM_CLEANER_MAX_CORDONED": "2", "FSM_CLEANER_INTERVAL_SECONDS": "1",
+        fake.add_daemonset(NAMESPACE, "fsm-cleaner", 5)  # what a percentage is of
+        env = {"FSM_CLEANER_MAX_CORDONED": budget, "FSM_CLEANER_INTERVAL_SECONDS": "1",
                "FSM_CLEANER_DELAY_SECONDS": "0.3"}
         fleet = Fleet(fake, tmp_path, 5, env)
         if faults:  # conflicts on slot writes and server errors on every kind of request the budget makes
@@ -39,3 +42,14 @@ def test_five_full_nodes_and_a_budget_of_two(tmp_path: Path, faults: bool) -> No
     for node in fleet.nodes:  # every image removal under the node's own cordon, none without
         assert node.removed_while and all(node.removed_while), node.name
     assert [lease["spec"].get("holderIdentity") for lease in leases] == [None, None]  # two slots, freed
+
+
+def test_a_percentage_without_its_daemonset_says_what_to_set(tmp_path: Path) -> None:
+    with FakeKube() as fake:
+        kube = Kube(api_for(fake.kubeconfig(tmp_path / "kubeconfig")), "node-0", namespace=NAMESPACE,
+                    daemonset="builders")
+        missing = r"DaemonSet fsm-cleaner/builders \(404\).*set DAEMONSET_NAME"
+        with pytest.raises(SlotsForbidden, match=missing):
+            kube.daemonset_nodes()
+        fake.add_daemonset(NAMESPACE, "builders", 12)
+        assert kube.daemonset_nodes() == 12
