@@ -44,6 +44,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
         report.longrepr = f"skipped, and under CI=true nothing may skip: {reason}"
 
 
+# The agent's default STATE_DIR: a test that runs the agent without its own would write to the machine.
+HOST_STATE_DIR = Path("/var/lib/fsm-cleaner")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def the_host_is_left_alone() -> Iterator[None]:
+    """Every test gives the agent a STATE_DIR of its own: the suite leaves no /var/lib/fsm-cleaner behind."""
+    there_before = HOST_STATE_DIR.exists()
+    yield
+    assert there_before or not HOST_STATE_DIR.exists(), (
+        f"a test ran the agent with the default STATE_DIR and created {HOST_STATE_DIR} on this machine")
+
+
 @pytest.fixture(scope="session")
 def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerBed]:
     """One private dockerd for the session, its data root on a 600 MiB ext4 with 40,000 inodes."""

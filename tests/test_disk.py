@@ -410,6 +410,7 @@ def test_the_agent_without_dac_read_search_fails_measuring_instead_of_saying_not
     env.pop("KUBECONFIG", None)
     env.update(FSM_CLEANER_PATH_TO_CHECK=str(own_fs), FSM_CLEANER_THRESHOLD_TYPE="absolute",
                FSM_CLEANER_THRESHOLD_HIGH="40Mi", FSM_CLEANER_HEARTBEAT_FILE=str(tmp_path / "heartbeat"),
+               FSM_CLEANER_STATE_DIR=str(tmp_path / "state"),  # never the host's /var/lib/fsm-cleaner
                DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock")
     run = _without_capabilities(sys.executable, "-m", "fsm_cleaner", "run", "--once", env=env)
     assert run.returncode == 1, run.stderr
