@@ -207,7 +207,8 @@ def test_every_log_line_carries_the_utc_time_and_the_level(tmp_path: Path) -> No
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FSM_CLEANER_", "DOCKER_IMAGE_CLEANER_"))}
     env.pop("KUBECONFIG", None)
     env.update(TZ="Asia/Kolkata", PYTHONPATH=str(REPO), FSM_CLEANER_PATH_TO_CHECK=str(tmp_path),
-               FSM_CLEANER_THRESHOLD_HIGH="99.99", FSM_CLEANER_HEARTBEAT_FILE=str(tmp_path / "heartbeat"))
+               FSM_CLEANER_THRESHOLD_HIGH="99.99", FSM_CLEANER_HEARTBEAT_FILE=str(tmp_path / "heartbeat"),
+               FSM_CLEANER_STATE_DIR=str(tmp_path / "state"))
     start = datetime.now(timezone.utc)
     run = subprocess.run([sys.executable, "-m", "fsm_cleaner", "run", "--once"], env=env, capture_output=True,
                          text=True, timeout=120, cwd=REPO)
