@@ -237,8 +237,7 @@ class FakeLeases:
     def put(self, lease: Lease) -> None:
         self.faults("put_lease")
         current = self.store.get(lease.name)
-        if (current is None) != (not lease.resource_version) or (
-                current is not None and current.resource_version != lease.resource_version):
+        if lease.resource_version != (current.resource_version if current else ""):  # create: none yet
             raise SlotConflict(f"lease {lease.name}: conflict")
         self.store[lease.name] = replace(lease, resource_version=str(next(self._rv)))
         self.writes.append(self.store[lease.name])

@@ -116,7 +116,7 @@ class Slots(Protocol):
 
 
 class LeaseApi(Protocol):
-    """What the budget needs of the API (kube.Leases; devtools.fakes.FakeLeaseApi)."""
+    """What the budget needs of the API (kube.Kube; devtools.fakes.FakeNodeApi)."""
 
     def slot_leases(self, timeout: tuple[float, float]) -> list[Lease]: ...
 
@@ -133,8 +133,9 @@ class CordonBudget:
     """Takes, renews and frees this node's slot."""
 
     def __init__(self, api: LeaseApi, cfg: Config, shutdown: Shutdown, me: str):
+        # No lock between the renewal thread and the cycle: every write is conditional on the
+        # resourceVersion it read, so a renewal racing a release fails (409) and stops at its next look.
         self.api, self.cfg, self.shutdown, self.me = api, cfg, shutdown, me
-        self._lock = threading.Lock()
         self._renewal: threading.Event | None = None
         self.waiting_since: datetime | None = None  # the first tick that found no slot free
 
@@ -155,13 +156,12 @@ class CordonBudget:
                 if choice.take is None:
                     return choice
                 try:
-                    with self._lock:
-                        self.api.put_lease(choice.take, self._timeout())
+                    self.api.put_lease(choice.take, self._timeout())
                     return choice
                 except SlotConflict:
                     log.info("TakingSlot: %s was taken by another node first; looking again",
                              choice.take.name)
-            return Choice(None, ("(others, still taking slots)",))
+            return Choice(None)  # other nodes are filling the budget right now: none for this one
 
         choice = step.run(self.cfg, self.shutdown, "TakingSlot", attempt)
         if choice.take is not None:
@@ -172,7 +172,9 @@ class CordonBudget:
             self._renew(choice.take)
             return Grant(cordon=True, images=True, slot=choice.take.name)
         self.waiting_since = self.waiting_since or _now()
-        full = f"no cordon slot free ({len(choice.holders)} held, by {', '.join(choice.holders)})"
+        full = (f"no cordon slot free ({len(choice.holders)} held, by {', '.join(choice.holders)})"
+                if choice.holders else f"no cordon slot free (other nodes took them, {MAX_CONFLICTS} times "
+                "in a row, as this one tried)")
         if critical:
             return Grant(cordon=False, images=True, notice=(
                 f"{full}, and usage {usage} is above CRITICAL_THRESHOLD: cleaning without a cordon "
@@ -192,9 +194,8 @@ class CordonBudget:
                 try:
                     for lease in self.api.slot_leases(self._timeout()):
                         if lease.holder == self.me and lease.name not in freed:
-                            with self._lock:
-                                self.api.put_lease(replace(lease, holder="", renewed=None, acquired=None),
-                                                   self._timeout())
+                            self.api.put_lease(replace(lease, holder="", renewed=None, acquired=None),
+                                               self._timeout())
                             freed.append(lease.name)
                     return freed
                 except SlotConflict:  # written since the list (a renewal in flight): list again
@@ -220,16 +221,17 @@ class CordonBudget:
     def _renewing(self, name: str, stopped: threading.Event, every: float) -> None:
         while not stopped.wait(every):
             try:
-                with self._lock:
-                    if stopped.is_set():
-                        return
-                    mine = [lease for lease in self.api.slot_leases(self._timeout())
-                            if lease.name == name and lease.holder == self.me]
-                    if not mine:
-                        log.warning("cordon slot %s is no longer held by this node: no more renewals", name)
-                        return
-                    self.api.put_lease(replace(mine[0], renewed=_now()), self._timeout())
+                mine = [lease for lease in self.api.slot_leases(self._timeout())
+                        if lease.name == name and lease.holder == self.me]
+                if stopped.is_set():  # released meanwhile
+                    return
+                if not mine:
+                    log.warning("cordon slot %s is no longer held by this node: no more renewals", name)
+                    return
+                self.api.put_lease(replace(mine[0], renewed=_now()), self._timeout())
             except Exception as e:  # the next renewal may work; the lease outlives a few failures
+                if stopped.is_set():  # lost the race with the release (409): nothing to say
+                    return
                 log.warning("could not renew cordon slot %s (%s); retrying in %g s", name, short_error(e),
                             every)
 
