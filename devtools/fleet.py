@@ -55,6 +55,7 @@ def api_for(kubeconfig: Path) -> client.CoreV1Api:
     configuration = client.Configuration()
     config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
     configuration.retries = 0
+    configuration.no_proxy = "127.0.0.1,localhost"  # the fake API server is local: never through a proxy
     return client.CoreV1Api(client.ApiClient(configuration))
 
 

@@ -44,6 +44,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
         report.longrepr = f"skipped, and under CI=true nothing may skip: {reason}"
 
 
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kubernetes client (37) takes HTTP(S)_PROXY from the environment: the fake API server on
+    127.0.0.1 must never be reached through a proxy, in any test."""
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+
+
 # The agent's default STATE_DIR: a test that runs the agent without its own would write to the machine.
 HOST_STATE_DIR = Path("/var/lib/fsm-cleaner")
 

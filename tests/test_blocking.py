@@ -88,8 +88,7 @@ def test_a_selector_without_a_node_is_a_configuration_error(tmp_path: Path) -> N
 # --- kube.Kube.pods_on_node against the fake API server -------------------------------------------
 
 @pytest.fixture
-def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeKube, Kube]]:
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+def fake(tmp_path: Path) -> Iterator[tuple[FakeKube, Kube]]:
     with FakeKube() as fk:
         fk.add_node("node-1")
         cfg = client.Configuration()

@@ -34,13 +34,6 @@ ROOT = Path(__file__).resolve().parent.parent
 STATE_KEY = "fsm-cleaner/state"
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    # kubernetes 37 picks HTTP(S)_PROXY up from the environment; never send 127.0.0.1 there.
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-
-
 @pytest.fixture
 def fake() -> Iterator[FakeKube]:
     with FakeKube() as fk:

@@ -27,13 +27,6 @@ GROUP = "coordination.k8s.io"
 RENEWED = "2026-12-04T19:20:00.123456Z"
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    # kubernetes 37 honours HTTP(S)_PROXY; never send 127.0.0.1 there.
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-
-
 @pytest.fixture
 def fake() -> Iterator[FakeKube]:
     with FakeKube() as fk:
