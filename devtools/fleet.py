@@ -22,8 +22,10 @@ from fsm_cleaner.agent import Agent
 from fsm_cleaner.cli import build_agent
 from fsm_cleaner.clock import RealClock
 from fsm_cleaner.kube import Kube
+from fsm_cleaner.runtime import Image
 
 MiB = 2**20
+Remove = Callable[[Image], "str | None"]
 NAMESPACE = "fsm-cleaner"
 
 
@@ -77,13 +79,15 @@ class Fleet:
                 "FSM_CLEANER_NAMESPACE": NAMESPACE, "FSM_CLEANER_MIN_AGE": "0", **env})
             kube = Kube(api_for(kubeconfig), node.name, namespace=NAMESPACE)
             node.agent = build_agent(cfg, node.runtime, kube, clock=RealClock(), disk=node.disk)
-            node.runtime.faults.add("remove_image", *[self._cordoned_now(node)] * 100)
+            node.runtime.remove_image = self._recording(node, node.runtime.remove_image)  # type: ignore[method-assign]
         self._threads: list[threading.Thread] = []
 
-    def _cordoned_now(self, node: FleetNode) -> Callable[[], None]:
-        def record() -> None:
+    def _recording(self, node: FleetNode, remove: Remove) -> Remove:
+        """``remove``, noting first whether the API server has the node cordoned at that moment."""
+        def remove_image(image: Image) -> str | None:
             node.removed_while.append(bool(self.fake.node(node.name)["spec"].get("unschedulable")))
-        return record
+            return remove(image)
+        return remove_image
 
     def start(self) -> None:
         for node in self.nodes:
