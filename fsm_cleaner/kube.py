@@ -3,7 +3,7 @@ node, list and write the cordon slots' Leases (and read the DaemonSet's node cou
 percentage); and, for `fsm-cleaner status --all`, list the nodes.
 
 The RBAC in deploy/ grants exactly these calls: nodes get, patch and list, events create (a
-ClusterRole); leases get, list, create and update and daemonsets get, in the agent's namespace (a
+ClusterRole); leases list, create and update and daemonsets get, in the agent's namespace (a
 Role); pods list only in the optional component deploy/components/blocking-pods (BLOCKING_POD_SELECTOR).
 """
 
@@ -39,8 +39,9 @@ class NodeGone(RuntimeError):
     """The node does not exist (404): nothing to cordon or journal on."""
 
 
-class SlotsForbidden(RuntimeError):
-    """The cordon budget cannot work here (403 on Leases, no such DaemonSet): TakingSlot fails, saying why."""
+class SlotsUnusable(RuntimeError):
+    """The cordon budget cannot work as configured (403 on Leases, no such DaemonSet): TakingSlot fails
+    with this message, which says what to change."""
 
     def __init__(self, why: str = "the service account may not write the cordon slots' Leases: install "
                  "the Role and RoleBinding of deploy/base in the agent's namespace (NAMESPACE), or set "
@@ -153,10 +154,10 @@ class Kube:
         selector = ",".join(f"{k}={v}" for k, v in SLOT_LABELS.items())
         try:
             found = self.coordination_api.list_namespaced_lease(self.namespace, label_selector=selector,
-                                                          _request_timeout=timeout)
+                                                                _request_timeout=timeout)
         except ApiException as e:
             if e.status == 403:
-                raise SlotsForbidden() from None
+                raise SlotsUnusable() from None
             raise
         return [_lease_view(item) for item in found.items if item.metadata.name.startswith(PREFIX)]
 
@@ -173,14 +174,14 @@ class Kube:
         try:
             if lease.resource_version:
                 self.coordination_api.replace_namespaced_lease(lease.name, self.namespace, body,
-                                                         _request_timeout=timeout)
+                                                               _request_timeout=timeout)
             else:
                 self.coordination_api.create_namespaced_lease(self.namespace, body, _request_timeout=timeout)
         except ApiException as e:
             if e.status == 409:
                 raise SlotConflict(f"lease {lease.name} changed since it was read (409)") from None
             if e.status == 403:
-                raise SlotsForbidden() from None
+                raise SlotsUnusable() from None
             raise
 
     def daemonset_nodes(self, timeout: Any = REQUEST_TIMEOUT) -> int:
@@ -189,7 +190,7 @@ class Kube:
                                                           _request_timeout=timeout)
         except ApiException as e:
             if e.status in (403, 404):
-                raise SlotsForbidden(
+                raise SlotsUnusable(
                     f"cannot read DaemonSet {self.namespace}/{self.daemonset} ({e.status}), whose node count "
                     "a MAX_CORDONED percentage is of: set DAEMONSET_NAME (and NAMESPACE) to the agents' "
                     "DaemonSet, install the Role of deploy/base, or give MAX_CORDONED as a count") from None

@@ -9,7 +9,7 @@ import pytest
 
 from devtools.fakekube import FakeKube
 from devtools.fleet import NAMESPACE, Fleet, api_for
-from fsm_cleaner.kube import Kube, SlotsForbidden
+from fsm_cleaner.kube import Kube, SlotsUnusable
 
 LEASES = r"/apis/coordination\.k8s\.io/v1/namespaces/fsm-cleaner/leases"
 
@@ -49,7 +49,7 @@ def test_a_percentage_without_its_daemonset_says_what_to_set(tmp_path: Path) -> 
         kube = Kube(api_for(fake.kubeconfig(tmp_path / "kubeconfig")), "node-0", namespace=NAMESPACE,
                     daemonset="builders")
         missing = r"DaemonSet fsm-cleaner/builders \(404\).*set DAEMONSET_NAME"
-        with pytest.raises(SlotsForbidden, match=missing):
+        with pytest.raises(SlotsUnusable, match=missing):
             kube.daemonset_nodes()
         fake.add_daemonset(NAMESPACE, "builders", 12)
         assert kube.daemonset_nodes() == 12
